@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# The stream worker: `python -m streams worker` (and `create-topics`, the one-shot that runs first).
+# Build from the repository root:  docker build -f deploy/docker/worker.Dockerfile -t ecom-enrichment/worker .
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+# Kept equal to the pin in pyproject.toml (tests/deploy checks it). The CPU index: the worker never runs
+# the model, and an unpinned torch from PyPI is a multi-GB CUDA build.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, pinned by the lock the tests ran with, so a source change reuses this layer.
+COPY deploy/docker/requirements.lock deploy/docker/requirements.lock
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && grep -v '^torch==' deploy/docker/requirements.lock > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt
+COPY pyproject.toml README.md ./
+COPY streams streams
+COPY fusion fusion
+# --no-deps: everything is already pinned above; --no-build-isolation: setuptools is in the lock.
+RUN pip install --no-deps --no-build-isolation . \
+ && python -c "import streams, fusion, faust, tritonclient.grpc"
+
+FROM ${PYTHON_IMAGE} AS runtime
+# A fixed numeric uid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+RUN groupadd --system --gid 10001 ecom \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/ecom --shell /usr/sbin/nologin ecom \
+ && mkdir -p /var/lib/ecom \
+ && chown 10001:10001 /var/lib/ecom
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ECOM_WEB_PORT=6066
+# Faust keeps its data directory (table state, `<app id>-data`) under the working directory; with a
+# read-only root file system this is the one writable place (an emptyDir / tmpfs in k8s and compose).
+WORKDIR /var/lib/ecom
+USER 10001:10001
+EXPOSE 6066
+ENTRYPOINT ["python", "-m", "streams"]
+CMD ["worker"]
