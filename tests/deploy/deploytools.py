@@ -1,0 +1,377 @@
+"""Helpers shared by the deployment-file tests: loading compose files as Compose does, reading the
+contracts of docs/architecture.md, and pulling metric and label names out of PromQL.
+
+Kept in plain functions so each test reads as the check it makes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_TESTS = Path(__file__).resolve().parent
+SCHEMAS = DEPLOY_TESTS / "schemas"
+ARCHITECTURE = REPO_ROOT / "docs" / "architecture.md"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_CPU_FILE = REPO_ROOT / "docker-compose.cpu.yml"
+PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
+ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
+DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "ecom-enrichment.json"
+K8S = REPO_ROOT / "k8s"
+OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+# Series that Prometheus itself makes for every target; they are exported by no application.
+PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# Labels Prometheus attaches to every scraped series (job/instance) or that histograms carry.
+TARGET_LABELS = {"job", "instance", "le", "namespace", "pod", "container", "endpoint", "service"}
+
+
+# --- Compose -------------------------------------------------------------------------------------
+
+
+class _Reset:
+    """Compose's `!reset` tag: remove the value that the earlier file set."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Override:
+    """Compose's `!override` tag: replace the earlier value instead of merging into it."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML loader that knows Compose's merge tags (`!reset`, `!override`)."""
+
+
+def _tag(cls: type) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return cls(loader.construct_mapping(node, deep=True))
+        if isinstance(node, yaml.SequenceNode):
+            return cls(loader.construct_sequence(node, deep=True))
+        return cls(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+    return construct
+
+
+ComposeLoader.add_constructor("!reset", _tag(_Reset))
+ComposeLoader.add_constructor("!override", _tag(_Override))
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    with path.open() as fh:
+        data = yaml.load(fh, Loader=ComposeLoader)
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
+def strip_tags(value: Any) -> Any:
+    """The file as a plain document (what the schema sees): tags replaced by their values."""
+    if isinstance(value, _Reset | _Override):
+        return strip_tags(value.value)
+    if isinstance(value, dict):
+        return {k: strip_tags(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_tags(v) for v in value]
+    return value
+
+
+# Keys whose values an override file replaces rather than merges (compose-spec 13-merge.md).
+_REPLACED = {"command", "entrypoint", "test"}
+
+
+def merge_compose(base: Any, override: Any, key: str = "") -> Any:
+    """Merge an override file into a base the way `docker compose -f a -f b` does, for the parts
+    these files use: mappings merge, `!reset` removes, `!override` and command-like keys replace."""
+    if isinstance(override, _Reset):
+        return None
+    if isinstance(override, _Override):
+        return strip_tags(override.value)
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            if isinstance(v, _Reset):
+                merged.pop(k, None)
+            elif k in merged:
+                merged[k] = merge_compose(merged[k], v, k)
+            else:
+                merged[k] = strip_tags(v)
+        return merged
+    if isinstance(base, list) and isinstance(override, list) and key not in _REPLACED:
+        # Sequences such as ports and volumes are appended; duplicates kept out.
+        return base + [strip_tags(v) for v in override if v not in base]
+    return strip_tags(override)
+
+
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$\$")
+
+
+class MissingVariable(ValueError):
+    pass
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable interpolation (`${VAR}`, `${VAR:-default}`, `${VAR:?error}`, `$$`)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group("name"), match.group("op"), match.group("arg")
+        current = env.get(name)
+        unset_or_empty = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in (":-", "-"):
+            return arg if unset_or_empty else str(current)
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise MissingVariable(f"{name}: {arg}")
+            return str(current)
+        return current or ""
+
+    return _VAR.sub(substitute, value)
+
+
+def compose_variables(value: Any) -> Iterator[tuple[str, str | None, str | None]]:
+    """Every `${...}` reference in a compose document: (name, operator, argument)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from compose_variables(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from compose_variables(v)
+    elif isinstance(value, str):
+        for m in _VAR.finditer(value):
+            if m.group(0) != "$$":
+                yield m.group("name"), m.group("op"), m.group("arg")
+
+
+def environment_of(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+# --- Contracts (docs/architecture.md) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricContract:
+    name: str
+    type: str
+    labels: frozenset[str]
+
+
+@dataclass
+class Contracts:
+    worker_metrics: dict[str, MetricContract] = field(default_factory=dict)
+    triton_metrics: set[str] = field(default_factory=set)
+    input_topics: list[str] = field(default_factory=list)
+    all_topics: list[str] = field(default_factory=list)
+    settings: set[str] = field(default_factory=set)
+
+
+def read_contracts() -> Contracts:
+    text = ARCHITECTURE.read_text()
+    contracts = Contracts()
+    metrics = text[text.index("## Metrics") :]
+    for line in metrics.splitlines():
+        m = re.match(r"\|\s*`(ecom_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|(.*)\|\s*$", line)
+        if m:
+            # "`topic`, `outcome` (`enriched`, ...)": label names, not their values in parentheses.
+            cell = re.sub(r"\([^)]*\)", "", m.group(3)).split(":")[0]
+            labels = frozenset(re.findall(r"`([a-z_]+)`", cell))
+            contracts.worker_metrics[m.group(1)] = MetricContract(m.group(1), m.group(2), labels)
+    triton_para = metrics[metrics.index("Triton (") :]
+    contracts.triton_metrics = set(re.findall(r"`(nv_[a-z0-9_]+)`", triton_para))
+    topics = text[text.index("## Topics") : text.index("## Triton model")]
+    for line in topics.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            names = re.findall(r"`([a-z.-]+)`", cells[0])
+            contracts.all_topics.extend(names)
+            if cells[3].startswith("input"):
+                contracts.input_topics.extend(names)
+    settings = text[text.index("## Settings") : text.index("## Metrics")]
+    contracts.settings = set(re.findall(r"`(ECOM_[A-Z_]+)`", settings))
+    return contracts
+
+
+def expand_sample_names(name: str, metric_type: str) -> set[str]:
+    """The series names a metric family of this type exposes in the Prometheus text format."""
+    if metric_type == "counter":
+        base = name.removesuffix("_total")
+        return {f"{base}_total", f"{base}_created"}
+    if metric_type == "histogram":
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+    if metric_type == "summary":
+        return {name, f"{name}_sum", f"{name}_count", f"{name}_created"}
+    if metric_type == "info":
+        return {f"{name}_info"}
+    return {name}
+
+
+def sample_base(sample: str, known: Mapping[str, Any]) -> str | None:
+    """The metric family of a series name (`x_bucket` -> `x`), among `known` families."""
+    for suffix in ("", "_total", "_bucket", "_sum", "_count", "_created"):
+        if sample.endswith(suffix):
+            base = sample[: len(sample) - len(suffix)] if suffix else sample
+            if base in known:
+                return base
+            if suffix == "_total" and sample in known:
+                return sample
+    return None
+
+
+# --- PromQL ---------------------------------------------------------------------------------------
+
+_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+    "offset", "inf", "nan",
+}  # fmt: skip
+_IDENT = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+
+
+def _strip_strings(expr: str) -> str:
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"'(?:[^'\\]|\\.)*'", "''", expr)
+    return re.sub(r"`[^`]*`", "``", expr)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (function names, keywords, labels excluded)."""
+    s = _strip_strings(expr)
+    s = re.sub(r"\{[^{}]*\}", " ", s)  # label matchers
+    s = re.sub(r"\[[^\]]*\]", " ", s)  # ranges and subqueries
+    s = _GROUPING.sub(" ", s)
+    s = re.sub(r"\boffset\s+\S+", " ", s)
+    s = re.sub(r"(?<![A-Za-z0-9_:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", " ", s)  # numbers
+    names = set()
+    for m in re.finditer(_IDENT, s):
+        token = m.group(0)
+        if s[m.end() :].lstrip().startswith("("):
+            continue  # a function or aggregation
+        if token.lower() in _KEYWORDS or token.startswith("$"):
+            continue
+        names.add(token)
+    return names
+
+
+def promql_selector_labels(expr: str) -> dict[str, set[str]]:
+    """For each metric selected with matchers, the label names it is matched on."""
+    s = _strip_strings(expr)
+    result: dict[str, set[str]] = {}
+    for m in re.finditer(rf"({_IDENT})\s*\{{([^}}]*)\}}", s):
+        labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(2)))
+        result.setdefault(m.group(1), set()).update(labels)
+    return result
+
+
+def promql_grouping_labels(expr: str) -> set[str]:
+    """Label names in by/without/on/ignoring/group_* clauses."""
+    labels: set[str] = set()
+    for m in _GROUPING.finditer(_strip_strings(expr)):
+        labels.update(x.strip() for x in m.group(2).split(",") if x.strip())
+    return labels
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard query with Grafana's variables replaced, so Prometheus can parse it."""
+    expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "1h")
+    return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", ".*", expr)
+
+
+# --- Dashboard and alerts -------------------------------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def dashboard_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows hold their panels
+
+
+def dashboard_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana variables) for every query, template variables included."""
+    queries = []
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                queries.append((panel.get("title", "?"), target["expr"]))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            m = re.match(r"label_values\((?:(.*),)?\s*([a-zA-Z_]+)\)\s*$", text)
+            if m and m.group(1):
+                queries.append((f"variable {variable['name']}", m.group(1)))
+    return queries
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS_FILE.read_text())
+    return [
+        (rule.get("alert") or rule.get("record"), rule["expr"])
+        for group in rules["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def all_queries() -> list[tuple[str, str]]:
+    return [(f"dashboard: {t}", q) for t, q in dashboard_queries(load_dashboard())] + [
+        (f"alert: {t}", q) for t, q in alert_queries()
+    ]
+
+
+# --- Tools ----------------------------------------------------------------------------------------
+
+
+def tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found is None and Path(f"/usr/bin/{name}").exists():
+        found = f"/usr/bin/{name}"
+    return found
+
+
+def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=dict(os.environ)
+    )
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl")
+    assert kubectl is not None
+    result = run([kubectl, "kustomize", str(path)])
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def deep_copy(value: Any) -> Any:
+    return copy.deepcopy(value)
