@@ -12,12 +12,15 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from streams.embedded import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_TESTS = Path(__file__).resolve().parent
@@ -347,6 +350,43 @@ def all_queries() -> list[tuple[str, str]]:
     return [(f"dashboard: {t}", q) for t, q in dashboard_queries(load_dashboard())] + [
         (f"alert: {t}", q) for t, q in alert_queries()
     ]
+
+
+# --- A throwaway Triton model (tests/deploy/conftest.py) ---------------------------------------
+
+ECHO_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+        return responses
+"""
+
+ECHO_CONFIG = """
+name: "echo"
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 1000 }
+input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"""
+
+
+def infer_echo(server: TritonServer, value: float) -> float:
+    body = json.dumps({"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [value]}]})
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/echo/infer",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return float(json.load(resp)["outputs"][0]["data"][0])
 
 
 # --- Tools ----------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import infer_echo
-from deploytools import ALERTS_FILE, all_queries, grafana_to_promql, run, tool
+from deploytools import ALERTS_FILE, all_queries, grafana_to_promql, infer_echo, run, tool
 
 from streams.embedded import TritonServer
 from streams.embedded.prometheus import PrometheusError, PrometheusServer, render_config

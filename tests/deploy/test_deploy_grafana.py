@@ -1,6 +1,6 @@
 """deploy/grafana: the dashboard JSON loads, covers what operators need, every query parses as PromQL,
 and every metric and label it (and the alert rules) names is one the worker really registers or the
-contract lists for Triton. The live check of Triton's names is in test_triton_metric_names.py."""
+contract lists for Triton. The live check of Triton's names is in test_deploy_triton_metrics.py."""
 
 from __future__ import annotations
 
