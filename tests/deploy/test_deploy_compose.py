@@ -223,6 +223,12 @@ def test_mounted_configuration_exists(services: dict[str, Any]) -> None:
                 assert (REPO_ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
+def test_default_workers_do_not_outnumber_partitions(services: dict[str, Any]) -> None:
+    replicas = int(services["worker"]["deploy"]["replicas"])
+    partitions = int(environment_of(services["worker"])["ECOM_PARTITIONS"])
+    assert 1 <= replicas <= partitions, "a worker beyond the partition count would sit idle"
+
+
 def test_workers_are_hardened(services: dict[str, Any]) -> None:
     for name in ("worker", "create-topics"):
         svc = services[name]
