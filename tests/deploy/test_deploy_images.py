@@ -323,6 +323,20 @@ def test_there_is_a_model_to_serve() -> None:
     )
 
 
+def test_the_gpu_config_the_deployments_name_exists() -> None:
+    """Compose and k8s/overlays/prod-gpu start Triton with --model-config-name=gpu."""
+    users = [
+        p
+        for p in (REPO_ROOT / "docker-compose.yml", *REPO_ROOT.glob("k8s/**/*.yaml"))
+        if "--model-config-name=gpu" in p.read_text()
+    ]
+    assert users
+    gpu_config = REPO_ROOT / "triton_models" / "ecom_fusion" / "configs" / "gpu.pbtxt"
+    assert gpu_config.is_file(), (
+        f"{[str(u.relative_to(REPO_ROOT)) for u in users]} load {gpu_config}, which is missing"
+    )
+
+
 @pytest.mark.parametrize("model", model_files(), ids=lambda p: "/".join(p.parts[-3:]))
 def test_model_imports_are_installed_in_the_triton_image(model: Path) -> None:
     installed = distribution_closure(TRITON_IMAGE_ROOTS)
