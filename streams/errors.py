@@ -1,0 +1,97 @@
+"""One exception hierarchy for the service.
+
+Callers decide by attribute, not by a list of types: `retriable` errors are retried with backoff and are
+never dead-lettered for being transient; the others send the event to its dead-letter topic, where the
+envelope's `error.type` (the class name) is the reason.
+"""
+
+from __future__ import annotations
+
+
+class EnrichmentError(Exception):
+    """Base class. `retriable` says whether trying the same thing again can succeed."""
+
+    retriable: bool = False
+
+    @property
+    def reason(self) -> str:
+        return type(self).__name__
+
+
+# --- The event itself is bad: dead-letter it. ---------------------------------------------------
+class InvalidEvent(EnrichmentError):
+    """The event cannot be enriched as it is."""
+
+
+class OversizeMessage(InvalidEvent):
+    """The raw message is larger than `max_message_bytes`."""
+
+
+class MalformedJson(InvalidEvent):
+    """The message is not a JSON object (or not UTF-8)."""
+
+
+class SchemaViolation(InvalidEvent):
+    """JSON, but missing or wrongly typed fields, or an unsupported `schema_version`."""
+
+
+class InvalidImage(InvalidEvent):
+    """An image that is not base64, not a JPEG/PNG/WebP, corrupt or truncated."""
+
+
+class OversizeImage(InvalidEvent):
+    """An image over the byte or pixel limit."""
+
+
+class OversizeText(InvalidEvent):
+    """Text longer than `max_text_bytes` (UTF-8)."""
+
+
+# --- Inference ----------------------------------------------------------------------------------
+class InferenceError(EnrichmentError):
+    """Triton did not give a usable answer."""
+
+
+class InferenceUnavailable(InferenceError):
+    """Triton unreachable, the model not ready, or the server overloaded."""
+
+    retriable = True
+
+
+class InferenceTimeout(InferenceError):
+    """The request ran past its deadline."""
+
+    retriable = True
+
+
+class ModelRejected(InferenceError):
+    """The model answered the request with an error: after bisection, the row's own fault.
+
+    `ambiguous` marks server errors (gRPC INTERNAL/UNKNOWN) that may also come from a crashed model
+    instance; a single such row is retried a few times before it is dead-lettered.
+    """
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+class BadModelResponse(InferenceError):
+    """The model answered, but not per the contract (missing output, wrong shape, no labels).
+
+    Retriable: it says the deployment is wrong, not the event, so events wait for a fixed model
+    instead of all being dead-lettered.
+    """
+
+    retriable = True
+
+
+# --- Kafka --------------------------------------------------------------------------------------
+class PublishFailed(EnrichmentError):
+    """A record was not acknowledged by the broker; sending it again may succeed."""
+
+    retriable = True
+
+
+class InternalError(EnrichmentError):
+    """A bug met on one event: the event is dead-lettered with the message, processing goes on."""

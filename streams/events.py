@@ -1,0 +1,268 @@
+"""Event schemas (documented for producers and consumers in docs/events.md).
+
+Every event is a JSON object (orjson) with a `schema_version`; inputs are validated on entry and a
+violation raises an `InvalidEvent` subclass, which sends the event to its dead-letter topic. Inputs
+ignore unknown fields (producers may add fields without breaking the service); outputs are exact.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from streams.errors import MalformedJson, OversizeMessage, SchemaViolation
+
+SCHEMA_VERSION = 1
+SUPPORTED_INPUT_VERSIONS = frozenset({1})
+
+
+def _id_to_str(value: Any) -> Any:
+    # Ids are strings on the wire; integer ids (Instacart, many shops) are accepted and normalised.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_to_str), Field(min_length=1, max_length=128)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False, frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: Id
+    ts: datetime = Field(description="when the event happened: RFC 3339 or Unix seconds; UTC if naive")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value not in SUPPORTED_INPUT_VERSIONS:
+            raise ValueError(
+                f"unsupported schema_version {value}; supported: {sorted(SUPPORTED_INPUT_VERSIONS)}"
+            )
+        return value
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return _as_utc(value)
+
+
+class ReviewEvent(_Input):
+    """Topic `reviews`, keyed by product_id."""
+
+    review_id: Id
+    product_id: Id
+    user_id: Id
+    text: str
+    rating: int | None = Field(default=None, ge=1, le=5)
+    images: list[str] = Field(default_factory=list, description="base64-encoded JPEG/PNG/WebP photos")
+
+
+class ProductUploadEvent(_Input):
+    """Topic `product-uploads`, keyed by product_id."""
+
+    product_id: Id
+    title: str | None = None
+    description: str | None = None
+    image: str | None = Field(default=None, description="base64-encoded JPEG/PNG/WebP photo")
+
+
+ClickAction = Literal["view", "add_to_cart", "purchase"]
+
+
+class ClickEvent(_Input):
+    """Topic `clickstream`, keyed by user_id."""
+
+    user_id: Id
+    session_id: Id
+    product_id: Id
+    action: ClickAction
+
+
+# --- Outputs --------------------------------------------------------------------------------------
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str = Field(description="the input event's id: consumers deduplicate by it")
+    source_ts: datetime = Field(description="the input event's ts")
+    processed_ts: datetime = Field(description="when the service published this record")
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+
+
+class SentimentProbabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    negative: float
+    neutral: float
+    positive: float
+
+
+SentimentLabel = Literal["negative", "neutral", "positive"]
+
+
+class Sentiment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: SentimentLabel
+    probabilities: SentimentProbabilities
+
+
+class ReviewSentiment(_Output):
+    """Topic `review-sentiment`, keyed by review_id."""
+
+    review_id: str
+    product_id: str
+    user_id: str
+    rating: int | None
+    model: ModelRef
+    sentiment: Sentiment
+
+
+class ScoredLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    score: float
+
+
+class ProductCategory(_Output):
+    """Topic `product-categories`, keyed by product_id."""
+
+    product_id: str
+    model: ModelRef
+    category: ScoredLabel
+    top_categories: list[ScoredLabel]
+    embedding: list[float]
+
+
+class ScoredItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_id: str
+    score: float
+
+
+class Recommendation(_Output):
+    """Topic `recommendations`, keyed by user_id; one per click."""
+
+    user_id: str
+    session_id: str
+    product_id: str = Field(description="the clicked product that triggered this update")
+    action: ClickAction
+    model: ModelRef
+    items: list[ScoredItem]
+
+
+# --- Dead letters --------------------------------------------------------------------------------
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    message: str
+    retriable: bool
+
+
+class SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = Field(description="the source key, UTF-8 or base64 per key_encoding")
+    key_encoding: Literal["utf-8", "base64"] | None
+    timestamp: datetime | None
+
+
+class DeadLetter(BaseModel):
+    """Topics `<input>.dlq`, keyed by the source key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str | None = Field(description="the input's event_id when it could be read")
+    error: ErrorInfo
+    source: SourceInfo
+    payload: str = Field(description="the original value, UTF-8 text or base64 per payload_encoding")
+    payload_encoding: Literal["utf-8", "base64"]
+    payload_size: int
+    payload_truncated: bool
+    dead_lettered_ts: datetime
+
+
+InputEvent = ReviewEvent | ProductUploadEvent | ClickEvent
+E = TypeVar("E", bound=_Input)
+
+
+def dumps(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+def load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """The raw message as a JSON object, or the reason it is not one."""
+    if len(raw) > max_bytes:
+        raise OversizeMessage(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedJson(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_event(model: type[E], raw: bytes, max_bytes: int) -> E:
+    obj = load_object(raw, max_bytes)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise SchemaViolation(_summarise(exc)) from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(event)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+_EVENT_ID = re.compile(rb'"event_id"\s*:\s*"([^"\\]{1,128})"')
+
+
+def event_id_of(raw: bytes) -> str | None:
+    """Best effort: the event_id of a payload that may be invalid (for the dead-letter envelope).
+
+    A JSON object gives its `event_id` field; anything else is searched for `"event_id": "..."`.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        value = obj.get("event_id")
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)[:128]
+        return None
+    match = _EVENT_ID.search(raw)
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,134 @@
+"""Liveness, readiness and metrics on the worker's one HTTP port (ECOM_WEB_PORT).
+
+- `/livez`: 200 while the event loop answers and every agent actor is running.
+- `/readyz`: 200 when the last probe reached the broker and found Triton and the model ready; 503 with
+  the reason otherwise.
+- `/metrics`: Prometheus text format.
+
+`probe()` runs every `health_interval_s` (an app timer): it asks the broker for its cluster metadata,
+Triton for server and model readiness, and the consumer for the log end offsets of its assigned input
+partitions to update `ecom_consumer_lag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams import metrics
+from streams.settings import Settings
+from streams.topics import TopicNames, client_options
+
+if TYPE_CHECKING:
+    import faust
+
+log = logging.getLogger(__name__)
+
+
+class Health:
+    def __init__(self, settings: Settings, app: faust.App, model: Any) -> None:
+        self.settings = settings
+        self.app = app
+        self.model = model
+        self.inputs = set(TopicNames.from_settings(settings).inputs)
+        self.kafka_up = False
+        self.triton_up = False
+        self.detail: dict[str, str] = {"kafka": "not probed yet", "triton": "not probed yet"}
+        self._admin: Any = None
+
+    # --- probes -----------------------------------------------------------------------------
+    async def probe(self) -> None:
+        await asyncio.gather(self._probe_kafka(), self._probe_triton())
+        with contextlib.suppress(Exception):  # lag is best effort: no assignment during a rebalance
+            await self._update_lag()
+
+    async def _probe_kafka(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=5000)
+                await asyncio.wait_for(self._admin.start(), 10)
+            cluster = await asyncio.wait_for(self._admin.describe_cluster(), 10)
+            up, detail = bool(cluster.get("brokers")), f"{len(cluster.get('brokers', []))} broker(s)"
+        except Exception as exc:  # noqa: BLE001  (any failure means "not reachable now")
+            up, detail = False, f"{type(exc).__name__}: {exc}"
+            await self._close_admin()
+        self._set("kafka", up, detail)
+
+    async def _probe_triton(self) -> None:
+        ready = getattr(self.model, "ready", None)
+        try:
+            up = bool(await ready()) if ready is not None else True
+            detail = "server and model ready" if up else f"model {self.settings.triton_model} not ready"
+        except Exception as exc:  # noqa: BLE001
+            up, detail = False, f"{type(exc).__name__}: {exc}"
+        self._set("triton", up, detail)
+
+    def _set(self, dependency: str, up: bool, detail: str) -> None:
+        if up != getattr(self, f"{dependency}_up"):
+            (log.info if up else log.warning)("%s %s: %s", dependency, "up" if up else "down", detail)
+        setattr(self, f"{dependency}_up", up)
+        self.detail[dependency] = detail
+        metrics.DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
+
+    async def _update_lag(self) -> None:
+        consumer = self.app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.inputs]
+        if not tps:
+            return
+        highwaters = await consumer.highwaters(*tps)
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in tps:
+            end = highwaters.get(tp)
+            if end is None:
+                continue
+            done = committed.get(tp) or 0
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
+    async def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    async def close(self) -> None:
+        await self._close_admin()
+
+    # --- answers ------------------------------------------------------------------------------
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        agents: dict[str, Any] = {}
+        ok = True
+        for name, agent in self.app.agents.items():
+            actors = list(getattr(agent, "_actors", ()))
+            running = sum(1 for a in actors if a.actor_task is not None and not a.actor_task.done())
+            agents[name] = {"running": running, "expected": agent.concurrency}
+            # Before the worker has started its agents there is nothing to judge.
+            if actors and running < len(actors):
+                ok = False
+        return ok, {"agents": agents}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.kafka_up and self.triton_up
+        return ok, {"kafka": self.kafka_up, "triton": self.triton_up, "detail": dict(self.detail)}
+
+    def install(self, app: faust.App) -> None:
+        health = self
+
+        @app.page("/livez")
+        async def livez(web: Any, request: Any) -> Any:
+            ok, body = health.alive()
+            return web.json({"status": "ok" if ok else "failing", **body}, status=200 if ok else 503)
+
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            ok, body = health.ready()
+            return web.json({"status": "ready" if ok else "not ready", **body}, status=200 if ok else 503)
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

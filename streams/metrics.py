@@ -1,0 +1,42 @@
+"""Prometheus collectors of the worker (names and labels: docs/architecture.md, "Metrics").
+
+Module-level, one prefix, bounded labels (topic, outcome, kind, reason = error class name; never an id).
+Durations in seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# From 5 ms to 2 min: a healthy pipeline sits in the tens of milliseconds, an outage in minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+EVENTS_CONSUMED = Counter("ecom_events_consumed", "Input events received by an agent", ["topic"])
+EVENTS_PROCESSED = Counter("ecom_events_processed", "Input events finished, by outcome", ["topic", "outcome"])
+EVENTS_PRODUCED = Counter(
+    "ecom_events_produced", "Records delivered to a topic (outputs and DLQs)", ["topic"]
+)
+DEAD_LETTERS = Counter("ecom_dead_letters", "Events sent to a dead-letter topic", ["topic", "reason"])
+END_TO_END_LATENCY = Histogram(
+    "ecom_end_to_end_latency_seconds",
+    "From the input event's ts to the delivery of its output",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_BATCH_SIZE = Histogram(
+    "ecom_inference_batch_size", "Rows per inference request", ["kind"], buckets=BATCH_BUCKETS
+)
+INFERENCE_LATENCY = Histogram(
+    "ecom_inference_latency_seconds", "Duration of one inference request", ["kind"], buckets=INFERENCE_BUCKETS
+)
+INFERENCE_REQUESTS = Counter(
+    "ecom_inference_requests", "Inference requests by outcome (ok, error, retry)", ["kind", "outcome"]
+)
+INFERENCE_IN_FLIGHT = Gauge("ecom_inference_in_flight", "Inference requests awaiting Triton")
+CONSUMER_LAG = Gauge("ecom_consumer_lag", "Log end offset minus committed offset", ["topic", "partition"])
+DEPENDENCY_UP = Gauge("ecom_dependency_up", "1 when the dependency answered its last probe", ["dependency"])
+RECOMMENDATION_LATENCY = Histogram(
+    "ecom_recommendation_latency_seconds", "From a click's ts to its recommendation", buckets=LATENCY_BUCKETS
+)

@@ -1,0 +1,110 @@
+"""Every setting of the service, read from the environment (prefix `ECOM_`) once, in `main()`.
+
+The table in docs/architecture.md lists the contract variables; this class is the full list, with the
+batching, retry and limit settings. Nothing else in the service reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ECOM_", extra="ignore", frozen=True)
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        default="kafka://localhost:9092", description="broker URL(s), Faust form, ;-separated"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(
+        default=None, description="CA bundle for SSL/SASL_SSL; system CAs if unset"
+    )
+    partitions: int = Field(
+        default=4, ge=1, description="partitions of every topic, Faust's own topics included"
+    )
+    replication_factor: int = Field(default=1, ge=1)
+    topic_prefix: str = Field(
+        default="", description="prepended to every topic name (tests, shared clusters)"
+    )
+    app_id: str = Field(default="ecom-enrichment", description="Faust app id = consumer group")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # A worker joins its group in about a second with these on the embedded broker (infra.md).
+    broker_rebalance_timeout_s: float = Field(default=5.0, gt=0)
+    broker_session_timeout_s: float = Field(default=10.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    commit_interval_s: float = Field(
+        default=1.0, gt=0, description="how often acknowledged offsets are committed"
+    )
+    publish_timeout_s: float = Field(
+        default=30.0, gt=0, description="wait for one delivery before retrying it"
+    )
+
+    # --- Triton -----------------------------------------------------------------------------------
+    triton_grpc_url: str = "localhost:8001"
+    triton_model: str = "ecom_fusion"
+    triton_ssl: bool = False
+    infer_timeout_s: float = Field(default=30.0, gt=0, description="deadline of one gRPC inference request")
+    batch_max_size: int = Field(default=32, ge=1, description="rows per inference request")
+    batch_linger_ms: float = Field(default=10.0, ge=0, description="wait this long for a batch to fill")
+    max_in_flight: int = Field(default=2, ge=1, description="concurrent inference requests per kind")
+    retry_backoff_initial_s: float = Field(default=0.2, gt=0)
+    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    # Server errors that are neither clearly transient nor clearly the request's fault are retried
+    # this often for a single row, then the row is dead-lettered.
+    retry_max_ambiguous: int = Field(default=3, ge=1)
+
+    # --- Agents -----------------------------------------------------------------------------------
+    agent_concurrency: int = Field(default=64, ge=1, description="events in progress per inference agent")
+    click_concurrency: int = Field(
+        default=1, ge=1, description="clickstream: 1 keeps each shopper's clicks in order"
+    )
+
+    # --- Limits (violations are dead-lettered) ----------------------------------------------------
+    # Kafka's own default message.max.bytes is about 1 MB; base64 makes an image 4/3 its size in JSON.
+    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_text_bytes: int = Field(default=64 * 1024, ge=1, description="UTF-8 bytes of one row's text")
+    max_image_bytes: int = Field(default=700_000, ge=1, description="one decoded image")
+    max_image_pixels: int = Field(default=16_000_000, ge=1, description="width x height, from the header")
+    max_review_images: int = Field(default=8, ge=0)
+    dlq_max_payload_bytes: int = Field(
+        default=256_000, ge=0, description="original payload kept in an envelope"
+    )
+
+    # --- Outputs ------------------------------------------------------------------------------------
+    top_k_categories: int = Field(default=5, ge=1)
+    recommendations_k: int = Field(default=10, ge=1)
+    recent_items_per_user: int = Field(default=20, ge=1)
+
+    # --- Operations ---------------------------------------------------------------------------------
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_host: str = "0.0.0.0"  # noqa: S104  (a pod's probes and Prometheus reach it from outside)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"ECOM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "ECOM_KAFKA_SASL_USERNAME and ECOM_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """`host:port` list for plain Kafka clients (the admin client, the demo's producer)."""
+        servers = []
+        for url in self.kafka_bootstrap.replace(",", ";").split(";"):
+            url = url.strip()
+            if url:
+                servers.append(url.split("://", 1)[-1].rstrip("/"))
+        return servers

@@ -1,0 +1,77 @@
+"""Settings from the environment, topic names and specs, the recommender's baseline."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from streams.events import ClickEvent
+from streams.recommendations import RecentPopular
+from streams.settings import Settings
+from streams.topics import TopicNames, client_options, topic_specs
+
+
+def test_settings_come_from_ecom_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOM_KAFKA_BOOTSTRAP", "kafka://k1:9092;kafka://k2:9093")
+    monkeypatch.setenv("ECOM_PARTITIONS", "8")
+    monkeypatch.setenv("ECOM_PROCESSING_GUARANTEE", "exactly_once")
+    monkeypatch.setenv("ECOM_TOPIC_PREFIX", "test-")
+    settings = Settings()
+    assert settings.bootstrap_servers == ["k1:9092", "k2:9093"]
+    assert settings.partitions == 8 and settings.processing_guarantee == "exactly_once"
+    assert TopicNames.from_settings(settings).reviews == "test-reviews"
+
+
+def test_invalid_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOM_PROCESSING_GUARANTEE", "maybe_once")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_sasl_needs_credentials_and_keeps_the_password_secret() -> None:
+    with pytest.raises(ValidationError, match="SASL"):
+        Settings(kafka_security_protocol="SASL_SSL")
+    settings = Settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc", kafka_sasl_password="hunter2"
+    )
+    assert "hunter2" not in repr(settings)
+    options = client_options(settings)
+    assert options["sasl_plain_password"] == "hunter2"
+    assert options["ssl_context"] is not None
+
+
+def test_every_input_has_a_dead_letter_topic_and_all_share_the_partition_count() -> None:
+    settings = Settings(partitions=6, topic_prefix="x.")
+    specs = {s.name: s for s in topic_specs(settings)}
+    names = TopicNames.from_settings(settings)
+    for topic in names.inputs:
+        assert f"{topic}.dlq" in specs
+    assert set(names.outputs) <= set(specs)
+    assert {s.partitions for s in specs.values()} == {6}
+    assert names.output_for(names.clickstream) == "x.recommendations"
+
+
+async def test_recent_popular_recommends_popular_items_the_user_has_not_touched() -> None:
+    recent: dict[str, list[str]] = {}
+    rec = RecentPopular(recent, recent_n=2)
+
+    def click(user: str, product: str, action: str = "add_to_cart") -> ClickEvent:
+        return ClickEvent.model_validate(
+            {
+                "event_id": "e",
+                "user_id": user,
+                "session_id": "s",
+                "product_id": product,
+                "action": action,
+                "ts": 0,
+            }
+        )
+
+    assert await rec.recommend(click("a", "milk", "purchase"), k=3) == []
+    await rec.recommend(click("b", "bread"), k=3)
+    items = await rec.recommend(click("c", "eggs", "view"), k=3)
+    assert [i.product_id for i in items] == ["milk", "bread"]
+    assert items[0].score == 1.0 and 0 < items[1].score < 1
+    await rec.recommend(click("c", "milk"), k=3)
+    await rec.recommend(click("c", "tea"), k=3)
+    assert recent["c"] == ["milk", "tea"]  # bounded, most recent last
