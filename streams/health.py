@@ -43,8 +43,10 @@ class Health:
     # --- probes -----------------------------------------------------------------------------
     async def probe(self) -> None:
         await asyncio.gather(self._probe_kafka(), self._probe_triton())
-        with contextlib.suppress(Exception):  # lag is best effort: no assignment during a rebalance
+        try:
             await self._update_lag()
+        except Exception as exc:  # noqa: BLE001  (best effort: e.g. no assignment during a rebalance)
+            log.debug("consumer lag not updated: %s: %s", type(exc).__name__, exc)
 
     async def _probe_kafka(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient

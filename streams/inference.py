@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fusion.errors import BadInput
 from streams import metrics
 from streams.batcher import MicroBatcher
 from streams.errors import (
@@ -76,6 +77,16 @@ _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "Status
 _AMBIGUOUS = {"StatusCode.INTERNAL", "StatusCode.UNKNOWN"}
 
 
+def _subclass_names(cls: type[Exception]) -> set[str]:
+    names = {cls.__name__}
+    for sub in cls.__subclasses__():
+        names |= _subclass_names(sub)
+    return names
+
+
+_BAD_INPUT_PREFIXES = tuple(f"{name}:" for name in sorted(_subclass_names(BadInput)))
+
+
 def classify_triton_error(status: str | None, message: str) -> EnrichmentError:
     """Map a tritonclient error (gRPC status + message) onto the exception hierarchy."""
     text = message or "(no message)"
@@ -87,8 +98,24 @@ def classify_triton_error(status: str | None, message: str) -> EnrichmentError:
     if status == "StatusCode.NOT_FOUND" or "not ready" in lowered or "unknown model" in lowered:
         return InferenceUnavailable(f"{status}: {text}")  # the model is (re)loading
     if status in _AMBIGUOUS:
-        return ModelRejected(f"{status}: {text}", ambiguous=True)
+        # The model names the request's own fault by its fusion.errors class ("InvalidImage: ...").
+        return ModelRejected(f"{status}: {text}", ambiguous=not text.startswith(_BAD_INPUT_PREFIXES))
     return ModelRejected(f"{status}: {text}")
+
+
+# tritonclient's own defaults (unbounded message sizes, keepalive), plus a short reconnect backoff: gRPC's
+# default grows to 2 minutes, which would keep the service waiting that long after Triton is back.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 2),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
 
 
 class TritonModel:
@@ -107,7 +134,7 @@ class TritonModel:
         if self._client is None:
             import tritonclient.grpc.aio as grpcclient
 
-            self._client = grpcclient.InferenceServerClient(self.url, ssl=self.ssl)
+            self._client = grpcclient.InferenceServerClient(self.url, ssl=self.ssl, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def _call(self, what: str, coro_fn: Callable[[], Any]) -> Any:

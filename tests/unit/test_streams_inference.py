@@ -97,11 +97,13 @@ def test_triton_errors_are_classified(status: str, message: str, kind: type[Exce
     assert error.retriable is (kind is not ModelRejected)
 
 
-def test_server_errors_are_ambiguous_invalid_arguments_are_not() -> None:
-    internal = classify_triton_error("StatusCode.INTERNAL", "stub crashed")
+def test_server_errors_are_ambiguous_unless_the_model_names_a_bad_input() -> None:
+    internal = classify_triton_error("StatusCode.INTERNAL", "Stub process is not healthy")
     invalid = classify_triton_error("StatusCode.INVALID_ARGUMENT", "bad image")
+    named = classify_triton_error("StatusCode.INTERNAL", "ImageTooLarge: image is 9000000 bytes")
     assert isinstance(internal, ModelRejected) and internal.ambiguous
     assert isinstance(invalid, ModelRejected) and not invalid.ambiguous
+    assert isinstance(named, ModelRejected) and not named.ambiguous
 
 
 def test_model_config_parameters_give_version_labels_and_size() -> None:

@@ -1,0 +1,248 @@
+"""The Faust app: topics, tables, the three agents, health and metrics pages. The topology reads here.
+
+Each agent runs `concurrency` actors over its input topic. An actor takes an event, records its offset
+as in flight, lets `Pipeline.handle` enrich it (inference goes through a shared micro-batcher, so the
+actors' rows travel together) and publish the output or the dead letter, awaits the broker's
+acknowledgement, and only then marks the offset finished and asks for the next event. The commit rule
+in `streams.offsets` turns that into at-least-once with any concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from streams.errors import PublishFailed
+from streams.health import Health
+from streams.inference import InferenceService, ModelClient, RetryPolicy, TritonModel
+from streams.offsets import InFlight, SafeCommitTransport
+from streams.pipeline import Pipeline, PipelineConfig, Publisher
+from streams.recommendations import RecentPopular, Recommender
+from streams.records import SourceRecord
+from streams.settings import Settings
+from streams.topics import TABLES, TopicNames, ssl_context
+
+log = logging.getLogger(__name__)
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+class EnrichmentApp(faust.App):
+    """A Faust app whose consumer commits only offsets whose events are finished (streams.offsets)."""
+
+    in_flight: InFlight
+    services: Services
+
+    def _new_transport(self) -> Any:
+        return SafeCommitTransport(self.conf.broker_consumer, self)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Started here, not as an app.task: Faust starts those only after the first rebalance and table
+        # recovery, and readiness must be known before that.
+        self.add_future(self._probe_forever())
+        self.add_future(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        # The model's version and labels, fetched before the first event needs them (waits for Triton).
+        services = getattr(self, "services", None)
+        if services is not None:
+            await services.inference.info()
+
+    async def _probe_forever(self) -> None:
+        services = getattr(self, "services", None)
+        if services is None:
+            return
+        while not self.should_stop:
+            await services.health.probe()
+            await asyncio.sleep(services.settings.health_interval_s)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        services = getattr(self, "services", None)
+        if services is not None:
+            await services.close()
+
+
+@dataclass
+class Services:
+    """What the agents use; built once per app, replaceable in tests."""
+
+    settings: Settings
+    topics: TopicNames
+    model: ModelClient
+    inference: InferenceService
+    recommender: Recommender
+    publisher: Publisher
+    pipeline: Pipeline
+    health: Health
+
+    async def close(self) -> None:
+        await self.inference.close()
+        close = getattr(self.model, "close", None)
+        if close is not None:
+            await close()
+        await self.health.close()
+
+
+def faust_credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context(settings),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(settings))
+    return None
+
+
+class FaustPublisher:
+    """Sends through the app's producer and waits for the broker's acknowledgement, retrying failures."""
+
+    def __init__(self, app: faust.App, settings: Settings, retry: RetryPolicy) -> None:
+        self.app = app
+        self.timeout = settings.publish_timeout_s
+        self.retry = retry
+        self._topics: dict[str, Any] = {}
+
+    def _topic(self, name: str) -> Any:
+        if name not in self._topics:
+            self._topics[name] = self.app.topic(name, **RAW)
+        return self._topics[name]
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes) -> None:
+        from streams import metrics
+
+        attempt = 0
+        while True:
+            try:
+                pending = await self._topic(topic).send(key=key, value=value)
+                await asyncio.wait_for(asyncio.shield(pending), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (any send failure is retried; the event waits)
+                error = PublishFailed(f"{type(exc).__name__}: {exc}")
+                delay = self.retry.backoff(attempt)
+                log.warning("publish to %s failed (%s); retry %d in %.1fs", topic, error, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            metrics.EVENTS_PRODUCED.labels(topic).inc()
+            return
+
+
+def build_recommender(settings: Settings, recent: Any) -> Recommender:
+    """The one place that picks the recommender (the real one in streams/recommend/ plugs in here)."""
+    return RecentPopular(recent, settings.recent_items_per_user)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    model: ModelClient | None = None,
+    publisher: Publisher | None = None,
+) -> EnrichmentApp:
+    """The worker's app. `model` and `publisher` default to Triton and the app's own producer."""
+    names = TopicNames.from_settings(settings)
+    app = EnrichmentApp(
+        settings.app_id,
+        broker=settings.kafka_bootstrap,
+        broker_credentials=faust_credentials(settings),
+        processing_guarantee=settings.processing_guarantee,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=max(1_048_576, settings.dlq_max_payload_bytes * 2 + 65_536),
+        consumer_max_fetch_size=max(1_048_576, settings.max_message_bytes + 65_536),
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_in_thread=False,
+    )
+    app.in_flight = InFlight()
+
+    retry = RetryPolicy(
+        settings.retry_backoff_initial_s, settings.retry_backoff_max_s, settings.retry_max_ambiguous
+    )
+    model = model or TritonModel(
+        settings.triton_grpc_url,
+        settings.triton_model,
+        timeout=settings.infer_timeout_s,
+        ssl=settings.triton_ssl,
+    )
+    inference = InferenceService.from_settings(settings, model)
+    (table_name,) = TABLES
+    recent = app.Table(table_name, default=list, partitions=settings.partitions)
+    recommender = build_recommender(settings, recent)
+    publisher = publisher or FaustPublisher(app, settings, retry)
+    pipeline = Pipeline(
+        PipelineConfig.from_settings(settings), names, inference, recommender, publisher, retry=retry
+    )
+    health = Health(settings, app, model)
+    app.services = Services(settings, names, model, inference, recommender, publisher, pipeline, health)
+
+    def agent_body(name: str) -> Any:
+        async def run(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await process(app, event)
+
+        run.__name__ = name
+        return run
+
+    topics = {
+        names.reviews: settings.agent_concurrency,
+        names.product_uploads: settings.agent_concurrency,
+        names.clickstream: settings.click_concurrency,
+    }
+    for topic_name, concurrency in topics.items():
+        channel = app.topic(topic_name, partitions=settings.partitions, **RAW)
+        agent_name = f"enrich-{topic_name}"
+        app.agent(channel, name=agent_name, concurrency=concurrency, sink=None)(agent_body(agent_name))
+
+    health.install(app)
+
+    return app
+
+
+async def process(app: EnrichmentApp, event: Any) -> None:
+    """One event: in flight until its output or dead letter is delivered (see streams.offsets)."""
+    message = event.message
+    record = SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
+        timestamp=message.timestamp,
+    )
+    tp = TP(record.topic, record.partition)
+    app.in_flight.start(tp, record.offset)
+    try:
+        await app.services.pipeline.handle(record)
+    except asyncio.CancelledError:
+        raise  # stays in flight: nothing at or past this offset is committed; read again after restart
+    except Exception:
+        log.exception("%s failed outside the pipeline's error handling; left uncommitted", record.coords)
+        return
+    app.in_flight.finish(tp, record.offset)

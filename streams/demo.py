@@ -1,0 +1,241 @@
+"""`python -m streams demo`: the embedded default, end to end, on real data.
+
+Starts the Kafka-compatible broker and Triton (streams.embedded), creates the topics, starts the worker
+as a separate process (as in production), replays real reviews, product photos and clicks plus a few
+broken events, waits until every event has its output or dead letter, prints a summary, and stops
+everything it started (by PID), also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.embedded import Broker, TritonServer
+from streams.embedded.worker import WorkerProcess, http_get
+from streams.replay import Accounting, Collector, Received, latencies, new_accounting, produce
+from streams.sample import SampleEvent, build_sample
+from streams.settings import Settings
+from streams.topics import create_topics
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    reviews: int = 300
+    products: int = 200
+    clicks: int = 500
+    broken: bool = True
+    duplicates: int = 3
+    seed: int = 0
+    timeout: float = 600
+    log_dir: str | None = None
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def http_text(url: str) -> str:
+    return http_get(url, timeout=5)[1]
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    log_dir = Path(options.log_dir or tempfile.mkdtemp(prefix="ecom-demo-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # The demo's own broker is fresh: the defaults are fine, but a smaller message limit keeps the
+    # oversize-message example small.
+    settings = settings.model_copy(update={"max_message_bytes": min(settings.max_message_bytes, 300_000)})
+    say(f"ecom-enrichment demo; logs in {log_dir}")
+    with contextlib.ExitStack() as stack:
+        try:
+            t0 = time.perf_counter()
+            broker = stack.enter_context(Broker(log_dir=log_dir))
+            say(f"[1/6] Kafka-compatible broker (Tansu) on {broker.bootstrap}")
+            triton = TritonServer(REPO_ROOT / "triton_models", ["ecom_fusion"], log_dir=log_dir)
+            stack.callback(triton.stop)
+            say("[2/6] starting Triton with model ecom_fusion (loads the fusion network on the CPU) ...")
+            triton.start(timeout=300)
+            say(f"      Triton ready on {triton.grpc_url} (gRPC) after {time.perf_counter() - t0:.0f}s")
+
+            settings = settings.model_copy(
+                update={"kafka_bootstrap": broker.url, "triton_grpc_url": triton.grpc_url}
+            )
+            created = asyncio.run(create_topics(settings))
+            say(f"[3/6] created {len(created)} topics with {settings.partitions} partitions each")
+
+            worker = WorkerProcess(
+                {
+                    "ECOM_KAFKA_BOOTSTRAP": broker.url,
+                    "ECOM_TRITON_GRPC_URL": triton.grpc_url,
+                    "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+                },
+                log_dir=log_dir,
+            )
+            stack.callback(worker.stop)
+            worker.start()
+            web_port = worker.web_port
+            say(f"[4/6] worker running (pid {worker.pid}); health and metrics on {worker.url}")
+
+            events = build_sample(
+                reviews=options.reviews,
+                products=options.products,
+                clicks=options.clicks,
+                broken=options.broken,
+                seed=options.seed,
+                max_message_bytes=settings.max_message_bytes,
+                duplicate=options.duplicates,
+            )
+            by_topic = Counter(e.topic for e in events)
+            say(
+                f"[5/6] replaying {len(events)} events: " + ", ".join(f"{t} {n}" for t, n in by_topic.items())
+            )
+            accounting, wall = asyncio.run(_replay(settings, events, options.timeout))
+            say("[6/6] summary")
+            summary(accounting, wall, web_port, triton)
+            ok = not accounting.missing and not accounting.misrouted()
+        except KeyboardInterrupt:
+            say("\ninterrupted: stopping the worker, Triton and the broker")
+            return 130
+        return 0 if ok else 1
+
+
+async def _replay(settings: Settings, events: list[SampleEvent], wait_s: float) -> tuple[Accounting, float]:
+    collector = Collector(settings)
+    await collector.start()
+    try:
+        accounting = new_accounting(events)
+        started = time.perf_counter()
+        await produce(settings, events, progress=True)
+        await collector.collect(accounting, wait_s=wait_s, settle=1.0, progress=True)
+        return accounting, time.perf_counter() - started
+    finally:
+        await collector.stop()
+
+
+def _metric_sum(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            rest = line[len(name) :]
+            if rest.startswith(("{", " ")):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _quality(records: list[tuple[SampleEvent, Received]]) -> None:
+    """Agreement with the data sets' own labels on this sample (held-out reviews, Fashion-MNIST test)."""
+    from fusion.taxonomy import FMNIST_TO_LEAF, SENTIMENT_LABELS, sentiment_from_rating
+
+    sentiment_hits = sentiment_n = category_hits = category_n = 0
+    seen: set[str] = set()
+    for event, r in records:
+        if r.is_dead_letter or event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        if "sentiment" in r.value and event.truth.get("rating"):
+            sentiment_n += 1
+            expected = SENTIMENT_LABELS[sentiment_from_rating(int(event.truth["rating"]))]
+            sentiment_hits += r.value["sentiment"]["label"] == expected
+        elif "category" in r.value and "fmnist_label" in event.truth:
+            category_n += 1
+            predicted = str(r.value["category"]["label"]).rsplit("/", 1)[-1]
+            category_hits += predicted == FMNIST_TO_LEAF[int(event.truth["fmnist_label"])]
+    if sentiment_n:
+        say(
+            f"  sentiment:       {sentiment_hits / sentiment_n:.1%} agree with the star rating "
+            f"({sentiment_n} held-out reviews; 1-2 negative, 3 neutral, 4-5 positive)"
+        )
+    if category_n:
+        say(
+            f"  category:        {category_hits / category_n:.1%} top-1 = the Fashion-MNIST class "
+            f"({category_n} test images)"
+        )
+
+
+def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonServer) -> None:
+    inputs = Counter(e.topic for e in accounting.expected.values())
+    produced = sum(accounting.produced.values())
+    records = list(accounting.records())
+    per_topic = Counter(r.topic for _, r in records)
+    say(
+        f"  events produced: {produced} ({', '.join(f'{t} {n}' for t, n in sorted(inputs.items()))}, "
+        f"{sum(accounting.produced.values()) - len(accounting.produced)} exact duplicates)"
+    )
+    say("  records out:     " + ", ".join(f"{t} {n}" for t, n in sorted(per_topic.items())))
+    say(
+        f"  throughput:      {produced / wall:.1f} events/s end to end ({produced} events in {wall:.1f}s, "
+        "from the first send to the last output)"
+    )
+    lat = sorted(latencies(accounting))
+    if lat:
+        p50 = statistics.median(lat)
+        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+        say(f"  latency:         p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (event ts to publish)")
+    reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    for _, r in records:
+        if r.is_dead_letter:
+            reasons[r.topic][r.value["error"]["type"]] += 1
+    for topic, counts in sorted(reasons.items()):
+        say(f"  dead letters:    {topic}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    _quality(records)
+    say(
+        f"  accounted for:   {produced - len(accounting.missing)}/{produced} "
+        f"(missing {len(accounting.missing)}, not as expected {len(accounting.misrouted())}, "
+        f"repeated records {sum(accounting.repeats.values())})"
+    )
+
+    with contextlib.suppress(Exception):
+        worker = http_text(f"http://127.0.0.1:{web_port}/metrics")
+        for kind in ("review", "product"):
+            n = _metric_sum(worker, "ecom_inference_batch_size_count", f'kind="{kind}"')
+            s = _metric_sum(worker, "ecom_inference_batch_size_sum", f'kind="{kind}"')
+            if n:
+                say(f"  inference:       {kind}: {n:.0f} requests, mean batch {s / n:.1f} rows")
+    with contextlib.suppress(Exception):
+        server = http_text(triton.metrics_url)
+        count = _metric_sum(server, "nv_inference_count")
+        execs = _metric_sum(server, "nv_inference_exec_count")
+        if execs:
+            say(
+                f"  triton:          {count:.0f} rows in {execs:.0f} model executions "
+                f"(mean {count / execs:.1f} rows per execution)"
+            )
+
+    say("  examples:")
+    shown: Counter[str] = Counter()
+    for event, r in records:
+        kind = r.topic.rsplit(".", 1)[0] if r.is_dead_letter else r.topic
+        if shown[kind + str(r.is_dead_letter)] >= 2:
+            continue
+        shown[kind + str(r.is_dead_letter)] += 1
+        v = r.value
+        if r.is_dead_letter:
+            say(f"    {r.topic}: {v['event_id']} -> {v['error']['type']}: {v['error']['message'][:90]}")
+        elif "sentiment" in v:
+            text = str(event.truth.get("text", ""))[:70]
+            probs = v["sentiment"]["probabilities"]
+            say(
+                f'    review ({event.truth.get("rating")} stars) "{text}..." -> {v["sentiment"]["label"]} '
+                f"(neg {probs['negative']:.2f} / neu {probs['neutral']:.2f} / pos {probs['positive']:.2f})"
+            )
+        elif "category" in v:
+            top = ", ".join(f"{c['label']} {c['score']:.2f}" for c in v["top_categories"][:3])
+            say(
+                f"    listing {v['product_id']} (Fashion-MNIST: {event.truth.get('fmnist_class')}) -> {top}; "
+                f"embedding of {len(v['embedding'])} dims"
+            )
+        elif "items" in v:
+            items = ", ".join(i["product_id"] for i in v["items"][:5])
+            say(f"    click {v['user_id']} added {v['product_id']} -> recommends {items or '(nothing yet)'}")

@@ -1,0 +1,91 @@
+"""`python -m streams worker`: ensure the topics, then run the Faust worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from streams.settings import Settings
+from streams.topics import TopicSetupError, create_topics, topic_specs
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> None:
+    """Create (or only check) every topic before Faust subscribes; wait a while for the broker."""
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        try:
+            if create:
+                asyncio.run(create_topics(settings))
+            else:
+                asyncio.run(_check_only(settings))
+            return
+        except TopicSetupError:
+            raise
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise TopicSetupError(f"broker {settings.kafka_bootstrap} not reachable: {exc}") from exc
+            delay = min(5.0, 0.5 * 2**attempt)
+            log.warning("topic setup failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+async def _check_only(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.topics import _partition_counts, client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        specs = topic_specs(settings)
+        counts = await _partition_counts(admin, [s.name for s in specs])
+    finally:
+        await admin.close()
+    problems = [
+        f"{s.name}: {'missing' if s.name not in counts else f'{counts[s.name]} partitions'}"
+        for s in specs
+        if counts.get(s.name) != s.partitions
+    ]
+    if problems:
+        raise TopicSetupError(
+            f"topics not as configured (run `python -m streams create-topics`): {'; '.join(problems)}"
+        )
+
+
+def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
+    import faust
+
+    from streams.app import create_app
+
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    try:
+        ensure_topics(settings, create=create_topics)
+    except TopicSetupError as exc:
+        log.error("%s", exc)
+        return 3
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    log.info(
+        "worker %s: kafka=%s triton=%s model=%s guarantee=%s partitions=%d web=:%d",
+        settings.app_id,
+        settings.kafka_bootstrap,
+        settings.triton_grpc_url,
+        settings.triton_model,
+        settings.processing_guarantee,
+        settings.partitions,
+        settings.web_port,
+    )
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,169 @@
+"""The service end to end on the real broker and the real Triton, with real events.
+
+A real worker process (`python -m streams worker`) per test, with its own topics and consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.embedded import Broker, TritonServer
+from streams.embedded.worker import WorkerProcess, http_get
+from streams.replay import Accounting, Collector, new_accounting, produce
+from streams.sample import SampleEvent, build_sample, heldout_reviews, review_events
+from streams.settings import Settings
+from streams.topics import create_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def service_settings(broker: Broker, triton_url: str, suffix: str) -> Settings:
+    return Settings(
+        kafka_bootstrap=broker.url,
+        triton_grpc_url=triton_url,
+        topic_prefix=f"it-{suffix}-",
+        app_id=f"it-{suffix}",
+        max_message_bytes=200_000,
+        health_interval_s=1.0,
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
+        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
+        "ECOM_APP_ID": settings.app_id,
+        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+        "ECOM_HEALTH_INTERVAL_S": "1",
+    }
+
+
+async def replay(
+    settings: Settings, events: list[SampleEvent], wait_s: float, settle: float = 3.0
+) -> Accounting:
+    collector = Collector(settings)
+    await collector.start()
+    try:
+        accounting = new_accounting(events)
+        await produce(settings, events)
+        return await collector.collect(accounting, wait_s=wait_s, settle=settle)
+    finally:
+        await collector.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+def running(
+    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path
+) -> Iterator[tuple[Settings, WorkerProcess]]:
+    settings = service_settings(broker, triton.grpc_url, unique_suffix)
+    asyncio.run(create_topics(settings))
+    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    try:
+        worker.start()
+        yield settings, worker
+    finally:
+        worker.stop()
+
+
+def test_every_event_is_answered_once_with_the_right_enrichment(
+    running: tuple[Settings, WorkerProcess],
+) -> None:
+    settings, worker = running
+    events = build_sample(
+        reviews=30, products=30, clicks=40, broken=True, seed=3, max_message_bytes=settings.max_message_bytes
+    )
+    accounting = asyncio.run(replay(settings, events, wait_s=240))
+
+    assert accounting.missing == [], worker.tail()
+    assert accounting.repeats == {}, "a run without failures answers each event exactly once"
+    assert accounting.misrouted() == []
+    assert accounting.unattributed == []
+
+    for event, record in accounting.records():
+        value = record.value
+        assert record.key is not None
+        if "sentiment" in value:
+            assert record.key.decode() == value["review_id"]
+            assert math.isclose(sum(value["sentiment"]["probabilities"].values()), 1.0, abs_tol=1e-4)
+            assert value["model"]["name"] == "ecom_fusion" and value["model"]["version"]
+        elif "category" in value:
+            assert record.key.decode() == value["product_id"]
+            assert math.isclose(float(np.linalg.norm(value["embedding"])), 1.0, abs_tol=1e-3)
+            assert value["category"] == value["top_categories"][0]
+            scores = [c["score"] for c in value["top_categories"]]
+            assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-4
+        elif "items" in value:
+            assert record.key.decode() == value["user_id"]
+        else:
+            assert record.is_dead_letter
+            assert value["source"]["topic"] == f"{settings.topic_prefix}{event.topic}"
+
+    # The worker's own counters agree with what came out.
+    text = worker.metrics()
+    broken = [e for e in events if e.expect == "dlq"]
+    for logical in ("reviews", "product-uploads", "clickstream"):
+        topic = f"{settings.topic_prefix}{logical}"
+        sent = sum(1 for e in events if e.topic == logical)
+        assert metric(text, "ecom_events_consumed_total", topic=topic) == sent
+        dead = sum(1 for e in broken if e.topic == logical)
+        assert metric(text, "ecom_events_processed_total", topic=topic, outcome="dead_lettered") == dead
+        assert metric(text, "ecom_events_processed_total", topic=topic, outcome="enriched") == sent - dead
+    assert metric(text, "ecom_dead_letters_total") == len(broken)
+    assert metric(text, "ecom_inference_requests_total", outcome="ok") > 0
+    assert metric(text, "ecom_dependency_up", dependency="triton") == 1
+    assert http_get(f"{worker.url}/livez")[0] == 200
+
+
+def test_clearly_negative_reviews_and_sneaker_photos(running: tuple[Settings, WorkerProcess]) -> None:
+    from fusion.taxonomy import department_of_leaf
+
+    settings, worker = running
+    # Held-out one-star reviews that say so plainly (the model never trained on them).
+    negative_words = ("terrible", "awful", "returned", "cheap", "disappointed", "horrible")
+    candidates = [
+        r
+        for r in heldout_reviews(5000, seed=0)
+        if r["rating"] == 1 and sum(w in r["text"].lower() for w in negative_words) >= 2
+    ][:3]
+    assert len(candidates) == 3
+    reviews = [e for e in review_events(5000, 0, "neg") if e.truth["text"] in {c["text"] for c in candidates}]
+    sneakers = [
+        e
+        for e in build_sample(
+            reviews=0,
+            products=200,
+            clicks=0,
+            broken=False,
+            seed=0,
+            max_message_bytes=settings.max_message_bytes,
+            run="shoe",
+        )
+        if e.truth["fmnist_class"] == "Sneaker"
+    ][:3]
+    assert len(sneakers) == 3
+
+    accounting = asyncio.run(replay(settings, [*reviews, *sneakers], wait_s=120, settle=0.5))
+    assert accounting.missing == [], worker.tail()
+    for event, record in accounting.records():
+        if event in reviews:
+            assert record.value["sentiment"]["label"] == "negative", event.truth["text"]
+        else:
+            label = str(record.value["category"]["label"]).rsplit("/", 1)[-1]
+            assert department_of_leaf(label) == "footwear", record.value["top_categories"]

@@ -1,0 +1,295 @@
+"""Failures: Triton down, a worker killed with SIGKILL mid-stream. Nothing is lost, nothing crashes.
+
+At-least-once: after a kill, events processed since the last commit are processed again; their outputs
+repeat with the same event_id. The tests count the repeats and report them; they fail on any event
+without an output (or dead letter) and on any record that is not the answer to a produced event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.embedded import Broker, TritonServer, free_port
+from streams.embedded.worker import WorkerProcess, http_get
+from streams.replay import Accounting, Collector, new_accounting, produce
+from streams.sample import SampleEvent, build_sample
+from streams.settings import Settings
+from streams.topics import client_options, create_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def service_settings(broker: Broker, triton_url: str, prefix: str) -> Settings:
+    return Settings(
+        kafka_bootstrap=broker.url,
+        triton_grpc_url=triton_url,
+        topic_prefix=f"{prefix}-",
+        app_id=prefix,
+        max_message_bytes=200_000,
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
+        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
+        "ECOM_APP_ID": settings.app_id,
+        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+        "ECOM_HEALTH_INTERVAL_S": "1",
+    }
+
+
+def received(accounting: Accounting) -> int:
+    return sum(len(r) for r in accounting.received.values())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def report(request: pytest.FixtureRequest, name: str, values: dict[str, object]) -> None:
+    request.node.user_properties.append((name, values))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n{name}: {values}")
+
+
+async def committed_offsets(settings: Settings, topic: str) -> dict[int, int | None]:
+    """The consumer group's committed offsets (an offset fetch; it does not join the group)."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), group_id=settings.app_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)}
+    finally:
+        await consumer.stop()
+
+
+class GateProxy:
+    """A TCP proxy in front of Triton that can refuse connections ("Triton down") and accept them again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.open = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self.open.wait(0.1):
+                continue
+            with socket.create_server(("127.0.0.1", self.port)) as server:
+                server.settimeout(0.1)
+                while self.open.is_set() and not self._stop.is_set():
+                    try:
+                        client, _ = server.accept()
+                    except TimeoutError:
+                        continue
+                    upstream = socket.create_connection(self.target)
+                    for a, b in ((client, upstream), (upstream, client)):
+                        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.open.clear()
+        self._thread.join(timeout=5)
+
+
+def test_while_triton_is_down_events_wait_and_none_is_dropped(
+    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path
+) -> None:
+    proxy = GateProxy(("127.0.0.1", triton.grpc_port))
+    settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"down-{unique_suffix}")
+    asyncio.run(create_topics(settings))
+    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    events = build_sample(
+        reviews=15, products=15, clicks=0, broken=False, seed=5, max_message_bytes=settings.max_message_bytes
+    )
+    try:
+        # Triton unreachable from the start: the worker runs, is not ready, and enriches nothing.
+        worker.start(wait_ready=False)
+
+        async def outage_then_recovery() -> Accounting:
+            collector = Collector(settings)
+            await collector.start()
+            try:
+                accounting = new_accounting(events)
+                await produce(settings, events)
+                await collector.collect(accounting, wait_s=8, stop_when_complete=False)
+                assert sum(len(r) for r in accounting.received.values()) == 0, "nothing while Triton is away"
+                assert http_get(f"{worker.url}/readyz")[0] == 503
+                assert worker.alive()
+                proxy.open.set()
+                return await collector.collect(accounting, wait_s=180, settle=2.0)
+            finally:
+                await collector.stop()
+
+        accounting = asyncio.run(outage_then_recovery())
+        assert accounting.missing == [], worker.tail()
+        assert accounting.repeats == {} and accounting.misrouted() == []
+        text = worker.metrics()
+        assert metric(text, "ecom_inference_requests_total", outcome="retry") > 0
+        assert metric(text, "ecom_dead_letters_total") == 0
+        deadline = time.monotonic() + 10
+        while http_get(f"{worker.url}/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert http_get(f"{worker.url}/readyz")[0] == 200
+    finally:
+        worker.stop()
+        proxy.close()
+
+
+def test_no_commit_passes_an_event_that_waits_for_triton(
+    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """One good review waits for an unreachable Triton while the broken ones after it, on the same
+    partition, are dead-lettered at once. Faust's own commit rule would commit past the waiting review
+    (then a SIGKILL loses it); the service's must not."""
+    proxy = GateProxy(("127.0.0.1", triton.grpc_port))
+    settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"hold-{unique_suffix}")
+    asyncio.run(create_topics(settings))
+    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    good = {
+        "event_id": "held-good",
+        "review_id": "r",
+        "product_id": "p",
+        "user_id": "u",
+        "text": "Lovely soft fabric, fits well.",
+        "ts": 0,
+    }
+    events = [SampleEvent("reviews", b"p", orjson.dumps(good), "held-good", "output", fresh_ts=True)]
+    events += [
+        SampleEvent(
+            "reviews", b"p", b'{"event_id": "held-bad-%d", ' % i, f"held-bad-{i}", "dlq", "MalformedJson"
+        )
+        for i in range(20)
+    ]
+
+    async def scenario() -> tuple[Accounting, dict[int, int | None]]:
+        collector = Collector(settings)
+        await collector.start()
+        accounting = new_accounting(events)
+        try:
+            worker.start(wait_ready=False)
+            await produce(settings, events)
+            deadline = time.monotonic() + 60
+            while received(accounting) < 20 and time.monotonic() < deadline:
+                await collector.collect(accounting, wait_s=0.5, stop_when_complete=False)
+            assert received(accounting) == 20 and not accounting.received.get("held-good")
+            await asyncio.sleep(3 * settings.commit_interval_s + 1)  # commits had every chance
+            committed = await committed_offsets(settings, settings.topic_prefix + "reviews")
+            worker.kill()
+            proxy.open.set()
+            worker.start()
+            await collector.collect(accounting, wait_s=120, settle=2.0)
+            return accounting, committed
+        finally:
+            worker.stop()
+            proxy.close()
+            await collector.stop()
+
+    accounting, committed = asyncio.run(scenario())
+    report(
+        request,
+        "held event",
+        {"committed_before_kill": committed, "repeats": sum(accounting.repeats.values())},
+    )
+    assert all(offset in (None, 0) for offset in committed.values()), committed
+    assert accounting.missing == [], worker.tail()
+    assert accounting.misrouted() == [] and accounting.unattributed == []
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(
+    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    settings = service_settings(broker, triton.grpc_url, f"kill-{unique_suffix}")
+    asyncio.run(create_topics(settings))
+    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    events = build_sample(
+        reviews=120,
+        products=120,
+        clicks=240,
+        broken=True,
+        seed=11,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    numbers: dict[str, object] = {}
+
+    async def paced(batch: list[SampleEvent], chunk: int = 10, every: float = 0.1) -> None:
+        # A steady stream (about 100 events/s), so that the kill lands in the middle of it.
+        for i in range(0, len(batch), chunk):
+            await produce(settings, batch[i : i + chunk])
+            await asyncio.sleep(every)
+
+    async def scenario() -> Accounting:
+        collector = Collector(settings)
+        await collector.start()
+        accounting = new_accounting(events)
+        try:
+            worker.start()
+            # The first events show that the worker has joined its group and enriches.
+            await produce(settings, events[:20])
+            deadline = time.monotonic() + 120
+            while received(accounting) < 20 and time.monotonic() < deadline:
+                await collector.collect(accounting, wait_s=0.2, stop_when_complete=False)
+            producing = asyncio.ensure_future(paced(events[20:]))
+            # Let part of the stream through (and a few commits happen), then kill the worker.
+            started = time.monotonic()
+            while time.monotonic() - started < 3 * settings.commit_interval_s:
+                await collector.collect(accounting, wait_s=0.2, stop_when_complete=False)
+            assert not producing.done(), "the kill must land mid-stream"
+            numbers["outputs_before_kill"] = received(accounting)
+            worker.kill()
+            await asyncio.sleep(1.0)  # events keep arriving while no worker runs
+            worker.start()
+            await producing
+            await collector.collect(accounting, wait_s=300, settle=5.0)
+            return accounting
+        finally:
+            worker.stop()
+            await collector.stop()
+
+    accounting = asyncio.run(scenario())
+    repeats = accounting.repeats
+    numbers.update(
+        events=len(accounting.produced),
+        missing=len(accounting.missing),
+        repeated_events=len(repeats),
+        repeated_records=sum(repeats.values()),
+    )
+    report(request, "SIGKILL and restart", numbers)
+    assert accounting.missing == [], worker.tail()
+    assert accounting.misrouted() == []
+    # Every record answers a produced event: what repeats carries the same event_id.
+    assert accounting.unattributed == []

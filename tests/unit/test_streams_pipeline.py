@@ -1,0 +1,157 @@
+"""One event through the pipeline: enriched and published, or dead-lettered with the right reason."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+from streams_fakes import FakeModel, RecordingPublisher
+
+from streams.inference import InferenceService, RetryPolicy
+from streams.pipeline import Pipeline, PipelineConfig
+from streams.recommendations import RecentPopular
+from streams.records import SourceRecord
+from streams.sample import SampleEvent, broken_events
+from streams.topics import TopicNames
+from streams.validation import Limits
+
+NAMES = TopicNames(
+    reviews="reviews",
+    product_uploads="product-uploads",
+    clickstream="clickstream",
+    review_sentiment="review-sentiment",
+    product_categories="product-categories",
+    recommendations="recommendations",
+)
+
+
+def make_pipeline(
+    model: FakeModel | None = None, limits: Limits | None = None
+) -> tuple[Pipeline, RecordingPublisher]:
+    publisher = RecordingPublisher()
+    inference = InferenceService(
+        model or FakeModel(), max_batch=8, linger=0.005, max_in_flight=2, retry=RetryPolicy(0.001, 0.01, 3)
+    )
+    pipeline = Pipeline(
+        PipelineConfig(limits=limits or Limits(), top_k_categories=2),
+        NAMES,
+        inference,
+        RecentPopular({}, recent_n=5),
+        publisher,
+        retry=RetryPolicy(0.001, 0.01, 3),
+    )
+    return pipeline, publisher
+
+
+offsets = iter(range(10**6))
+
+
+def rec(topic: str, value: object, key: bytes = b"k") -> SourceRecord:
+    data = value if isinstance(value, bytes) else orjson.dumps(value)
+    return SourceRecord(topic, 0, next(offsets), key, data, 1.7e9)
+
+
+def png() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+REVIEW = {
+    "event_id": "e1",
+    "review_id": "r1",
+    "product_id": "p1",
+    "user_id": "u1",
+    "ts": "2024-05-01T00:00:00Z",
+}
+
+
+async def test_review_is_enriched_and_keyed_by_review_id() -> None:
+    pipeline, pub = make_pipeline()
+    assert (
+        await pipeline.handle(rec("reviews", {**REVIEW, "text": "awful zipper", "rating": 1})) == "enriched"
+    )
+    [(topic, key, value)] = pub.sent
+    assert topic == "review-sentiment" and key == b"r1"
+    assert value["event_id"] == "e1" and value["review_id"] == "r1" and value["product_id"] == "p1"
+    assert value["model"] == {"name": "ecom_fusion", "version": "test-1"}
+    sentiment = value["sentiment"]
+    assert isinstance(sentiment, dict) and sentiment["label"] == "negative"
+    assert math.isclose(sum(sentiment["probabilities"].values()), 1.0, rel_tol=1e-6)
+
+
+async def test_product_gets_category_top_scores_and_a_unit_embedding() -> None:
+    pipeline, pub = make_pipeline()
+    event = {"event_id": "e2", "product_id": "sku-9", "image": png(), "title": "Trainers", "ts": 0}
+    assert await pipeline.handle(rec("product-uploads", event)) == "enriched"
+    [(topic, key, value)] = pub.sent
+    assert topic == "product-categories" and key == b"sku-9"
+    assert value["category"] == {"label": "sneaker", "score": pytest.approx(0.8)}
+    assert [c["label"] for c in value["top_categories"]] == ["sneaker", "tshirt_top"]
+    assert math.isclose(float(np.linalg.norm(value["embedding"])), 1.0, rel_tol=1e-5)
+
+
+async def test_clicks_get_recommendations_keyed_by_user() -> None:
+    pipeline, pub = make_pipeline()
+    for i, (user, product) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "z")]):
+        click = {
+            "event_id": f"c{i}",
+            "user_id": user,
+            "session_id": "s",
+            "product_id": product,
+            "action": "add_to_cart",
+            "ts": 0,
+        }
+        assert await pipeline.handle(rec("clickstream", click)) == "enriched"
+    last = pub.on("recommendations")[-1]
+    assert last["user_id"] == "b" and last["event_id"] == "c3"
+    assert [i["product_id"] for i in last["items"]] == ["y"]
+    assert pub.sent[-1][1] == b"b"
+
+
+@pytest.mark.parametrize("broken", broken_events("t", max_message_bytes=100_000), ids=lambda e: e.event_id)
+async def test_every_broken_sample_event_is_dead_lettered_with_its_reason(broken: SampleEvent) -> None:
+    pipeline, pub = make_pipeline(limits=Limits(max_message_bytes=100_000))
+    topic = {"reviews": "reviews", "product-uploads": "product-uploads", "clickstream": "clickstream"}[
+        broken.topic
+    ]
+    assert await pipeline.handle(rec(topic, broken.value, key=b"broken")) == "dead_lettered"
+    [(dlq, key, letter)] = pub.sent
+    assert dlq == f"{topic}.dlq" and key == b"broken"
+    assert letter["error"]["type"] == broken.reason
+    assert letter["event_id"] == broken.event_id
+    assert letter["source"]["topic"] == topic
+
+
+async def test_a_model_rejection_dead_letters_only_that_event() -> None:
+    pipeline, pub = make_pipeline()
+    texts = ["fine", "REJECT me", "lovely", "great"]
+    outcomes = await asyncio.gather(
+        *(
+            pipeline.handle(rec("reviews", {**REVIEW, "event_id": f"e{i}", "text": t}))
+            for i, t in enumerate(texts)
+        )
+    )
+    assert outcomes == ["enriched", "dead_lettered", "enriched", "enriched"]
+    [letter] = pub.on("reviews.dlq")
+    assert letter["event_id"] == "e1" and letter["error"]["type"] == "ModelRejected"
+
+
+async def test_triton_outage_delays_but_never_dead_letters() -> None:
+    model = FakeModel(transient_failures=6)
+    pipeline, pub = make_pipeline(model)
+    assert await pipeline.handle(rec("reviews", {**REVIEW, "text": "nice"})) == "enriched"
+    assert [t for t, _, _ in pub.sent] == ["review-sentiment"]
+    assert len(model.requests) == 7
+
+
+async def test_unknown_topic_is_an_internal_error_dead_letter_not_a_crash() -> None:
+    pipeline, pub = make_pipeline()
+    assert await pipeline.handle(rec("somewhere-else", {"x": 1})) == "dead_lettered"
+    assert pub.sent[0][2]["error"]["type"] == "InternalError"
