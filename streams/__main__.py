@@ -56,8 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the embedded default, end to end")
     _add_sample_args(demo, reviews=300, products=200, clicks=500)
     demo.add_argument("--large", action="store_true", help="10x the default sample")
+    demo.add_argument(
+        "--rate", type=float, default=None, help="replay at this many events/s (default: one burst)"
+    )
     demo.add_argument("--timeout", type=float, default=600, help="seconds to wait for every output")
     demo.add_argument("--log-dir", default=None, help="where the servers and the worker write their logs")
+    demo.add_argument(
+        "--model-repository", default=None, help="Triton model repository (default: triton_models/)"
+    )
 
     produce = sub.add_parser("produce-sample", help="replay the real sample into a running broker")
     _add_sample_args(produce, reviews=100, products=100, clicks=200)
@@ -76,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_worker(_settings(), create_topics=not args.no_create_topics)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The demo speaks for itself; libraries only when something is wrong.
+    level = logging.WARNING if args.command == "demo" else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "create-topics":
         from streams.topics import create_topics
 
@@ -96,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             timeout=args.timeout,
             log_dir=args.log_dir,
+            rate=args.rate,
+            model_repository=args.model_repository,
         )
         return run_demo(_settings(), options)
     if args.command == "produce-sample":

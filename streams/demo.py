@@ -21,7 +21,7 @@ from pathlib import Path
 
 from streams.embedded import Broker, TritonServer
 from streams.embedded.worker import WorkerProcess, http_get
-from streams.replay import Accounting, Collector, Received, latencies, new_accounting, produce
+from streams.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
 from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
 from streams.topics import create_topics
@@ -40,6 +40,8 @@ class DemoOptions:
     seed: int = 0
     timeout: float = 600
     log_dir: str | None = None
+    rate: float | None = None  # events/s; None: one burst, as fast as the producer goes
+    model_repository: str | None = None  # default: the project's triton_models/
 
 
 def say(text: str = "") -> None:
@@ -63,7 +65,10 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             t0 = time.perf_counter()
             broker = stack.enter_context(Broker(log_dir=log_dir))
             say(f"[1/6] Kafka-compatible broker (Tansu) on {broker.bootstrap}")
-            triton = TritonServer(REPO_ROOT / "triton_models", ["ecom_fusion"], log_dir=log_dir)
+            repository = (
+                Path(options.model_repository) if options.model_repository else REPO_ROOT / "triton_models"
+            )
+            triton = TritonServer(repository, ["ecom_fusion"], log_dir=log_dir)
             stack.callback(triton.stop)
             say("[2/6] starting Triton with model ecom_fusion (loads the fusion network on the CPU) ...")
             triton.start(timeout=300)
@@ -101,9 +106,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             say(
                 f"[5/6] replaying {len(events)} events: " + ", ".join(f"{t} {n}" for t, n in by_topic.items())
             )
-            accounting, wall = asyncio.run(_replay(settings, events, options.timeout))
+            accounting, wall = asyncio.run(_replay(settings, events, options.timeout, options.rate))
             say("[6/6] summary")
-            summary(accounting, wall, web_port, triton)
+            summary(accounting, wall, web_port, triton, burst=options.rate is None)
             ok = not accounting.missing and not accounting.misrouted()
         except KeyboardInterrupt:
             say("\ninterrupted: stopping the worker, Triton and the broker")
@@ -111,14 +116,18 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         return 0 if ok else 1
 
 
-async def _replay(settings: Settings, events: list[SampleEvent], wait_s: float) -> tuple[Accounting, float]:
+async def _replay(
+    settings: Settings, events: list[SampleEvent], wait_s: float, rate: float | None
+) -> tuple[Accounting, float]:
     collector = Collector(settings)
     await collector.start()
     try:
         accounting = new_accounting(events)
         started = time.perf_counter()
-        await produce(settings, events, progress=True)
-        await collector.collect(accounting, wait_s=wait_s, settle=1.0, progress=True)
+        await asyncio.gather(
+            produce(settings, events, progress=True, rate=rate),
+            collector.collect(accounting, wait_s=wait_s, settle=1.0, progress=True),
+        )
         return accounting, time.perf_counter() - started
     finally:
         await collector.stop()
@@ -164,25 +173,41 @@ def _quality(records: list[tuple[SampleEvent, Received]]) -> None:
         )
 
 
-def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonServer) -> None:
-    inputs = Counter(e.topic for e in accounting.expected.values())
+def _percentiles(values: list[float]) -> str:
+    values = sorted(values)
+    p50 = statistics.median(values)
+    p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+    return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+
+
+def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonServer, burst: bool) -> None:
+    inputs: Counter[str] = Counter()
+    for event_id, times in accounting.produced.items():
+        inputs[accounting.expected[event_id].topic] += times
     produced = sum(accounting.produced.values())
     records = list(accounting.records())
     per_topic = Counter(r.topic for _, r in records)
+    duplicates = produced - len(accounting.produced)
     say(
-        f"  events produced: {produced} ({', '.join(f'{t} {n}' for t, n in sorted(inputs.items()))}, "
-        f"{sum(accounting.produced.values()) - len(accounting.produced)} exact duplicates)"
+        f"  events in:       {produced} ({', '.join(f'{t} {n}' for t, n in sorted(inputs.items()))}; "
+        f"{duplicates} of them exact duplicates of others)"
     )
     say("  records out:     " + ", ".join(f"{t} {n}" for t, n in sorted(per_topic.items())))
     say(
-        f"  throughput:      {produced / wall:.1f} events/s end to end ({produced} events in {wall:.1f}s, "
+        f"  throughput:      {produced / wall:.1f} events/s ({produced} events in {wall:.1f}s, "
         "from the first send to the last output)"
     )
-    lat = sorted(latencies(accounting))
-    if lat:
-        p50 = statistics.median(lat)
-        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
-        say(f"  latency:         p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (event ts to publish)")
+    by_topic: dict[str, list[float]] = defaultdict(list)
+    for records_of in accounting.received.values():
+        first = next((r for r in records_of if not r.is_dead_letter), None)
+        if first is not None:
+            by_topic[first.topic].append(latency_of(first))
+    every = [x for xs in by_topic.values() for x in xs]
+    if every:
+        note = " (one burst: includes the wait behind the events sent before)" if burst else ""
+        say(f"  latency:         {_percentiles(every)}, event ts to publish{note}")
+        for topic, xs in sorted(by_topic.items()):
+            say(f"                   {topic}: {_percentiles(xs)}")
     reasons: dict[str, Counter[str]] = defaultdict(Counter)
     for _, r in records:
         if r.is_dead_letter:
@@ -215,7 +240,11 @@ def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonSe
 
     say("  examples:")
     shown: Counter[str] = Counter()
+    seen: set[str] = set()
     for event, r in records:
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
         kind = r.topic.rsplit(".", 1)[0] if r.is_dead_letter else r.topic
         if shown[kind + str(r.is_dead_letter)] >= 2:
             continue

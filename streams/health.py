@@ -114,9 +114,18 @@ class Health:
                 ok = False
         return ok, {"agents": agents}
 
+    def assigned(self) -> int:
+        """Input partitions this worker owns now (0 before it has joined its group, or when idle)."""
+        try:
+            return sum(1 for tp in self.app.consumer.assignment() if tp.topic in self.inputs)
+        except Exception:  # noqa: BLE001  (no consumer yet)
+            return 0
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        # Owning no partition is not "unready": a worker beyond the partition count is a hot standby.
         ok = self.kafka_up and self.triton_up
-        return ok, {"kafka": self.kafka_up, "triton": self.triton_up, "detail": dict(self.detail)}
+        body = {"kafka": self.kafka_up, "triton": self.triton_up, "assigned_partitions": self.assigned()}
+        return ok, {**body, "detail": dict(self.detail)}
 
     def install(self, app: faust.App) -> None:
         health = self

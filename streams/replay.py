@@ -31,9 +31,15 @@ log = logging.getLogger(__name__)
 
 
 async def produce(
-    settings: Settings, events: Sequence[SampleEvent], *, progress: bool = False, desc: str = "replay"
+    settings: Settings,
+    events: Sequence[SampleEvent],
+    *,
+    progress: bool = False,
+    desc: str = "replay",
+    rate: float | None = None,
 ) -> float:
-    """Send `events` in order (acks=all); returns the wall time it took."""
+    """Send `events` in order (acks=all), as fast as possible or at `rate` events/s; returns the wall
+    time it took."""
     from aiokafka import AIOKafkaProducer
     from tqdm import tqdm
 
@@ -46,10 +52,14 @@ async def produce(
     )
     await producer.start()
     started = time.perf_counter()
-    bar = tqdm(total=len(events), desc=desc, unit="ev", disable=not progress, file=sys.stdout)
+    bar = tqdm(total=len(events), desc=desc, unit="ev", disable=not progress, file=sys.stdout, position=0)
     try:
         pending: list[asyncio.Future[Any]] = []
-        for event in events:
+        for i, event in enumerate(events):
+            if rate:
+                ahead = started + i / rate - time.perf_counter()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             fut = await producer.send(physical_topic(names, event.topic), event.render(), key=event.key)
             fut.add_done_callback(lambda _: bar.update(1))
             pending.append(fut)
@@ -134,15 +144,9 @@ def parse_ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def latencies(accounting: Accounting) -> list[float]:
-    """Seconds from each event's ts to its output's processed_ts (first output of each event)."""
-    out: list[float] = []
-    for records in accounting.received.values():
-        first = next((r for r in records if not r.is_dead_letter), None)
-        if first is not None:
-            delta = parse_ts(first.value["processed_ts"]) - parse_ts(first.value["source_ts"])
-            out.append(delta.total_seconds())
-    return out
+def latency_of(output: Received) -> float:
+    """Seconds from the event's ts to its output's processed_ts."""
+    return (parse_ts(output.value["processed_ts"]) - parse_ts(output.value["source_ts"])).total_seconds()
 
 
 class Collector:
@@ -207,6 +211,7 @@ class Collector:
         from tqdm import tqdm
 
         bar = tqdm(
+            position=1,
             total=sum(accounting.produced.values()),
             desc="outputs",
             unit="ev",

@@ -6,6 +6,7 @@ child reads them exactly as a deployed worker does.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.error
@@ -53,6 +54,11 @@ class WorkerProcess:
     def ready(self) -> bool:
         return http_get(f"{self.url}/readyz")[0] == 200
 
+    def consuming(self) -> bool:
+        """Ready and owning input partitions (it has joined its consumer group)."""
+        status, body = http_get(f"{self.url}/readyz")
+        return status == 200 and int(json.loads(body).get("assigned_partitions", 0)) > 0
+
     def metrics(self) -> str:
         return http_get(f"{self.url}/metrics", timeout=5)[1]
 
@@ -60,8 +66,8 @@ class WorkerProcess:
         return http_get(f"{self.url}/livez")[0] == 200
 
     def start(self, timeout: float = 180.0, *, wait_ready: bool = True) -> WorkerProcess:
-        """Start (or restart) the worker and wait until /readyz says the broker and Triton are up
-        (or, with `wait_ready=False`, only until it serves /livez)."""
+        """Start (or restart) the worker and wait until the broker and Triton are up and it owns
+        partitions (or, with `wait_ready=False`, only until it serves /livez)."""
         self.starts += 1
         self.process = ManagedProcess(
             self.name,
@@ -70,7 +76,7 @@ class WorkerProcess:
             env=self.env,
             cwd=REPO_ROOT,
         )
-        self.process.start(self.ready if wait_ready else self.live, timeout)
+        self.process.start(self.consuming if wait_ready else self.live, timeout)
         return self
 
     def alive(self) -> bool:
