@@ -20,6 +20,7 @@ from faust.types import TP
 from streams.errors import PublishFailed
 from streams.health import Health
 from streams.inference import InferenceService, ModelClient, RetryPolicy, TritonModel
+from streams.logs import current_coords
 from streams.offsets import InFlight, SafeCommitTransport
 from streams.pipeline import Pipeline, PipelineConfig, Publisher
 from streams.recommendations import RecentPopular, Recommender
@@ -237,6 +238,7 @@ async def process(app: EnrichmentApp, event: Any) -> None:
         timestamp=message.timestamp,
     )
     tp = TP(record.topic, record.partition)
+    current_coords.set(record.coords)  # every log line about this event carries its coordinates
     app.in_flight.start(tp, record.offset)
     try:
         await app.services.pipeline.handle(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,7 +61,10 @@ class MicroBatcher(Generic[I, R]):
             raise RuntimeError(f"{self.name} is closed")
         loop = asyncio.get_running_loop()
         if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = loop.create_task(self._dispatch(), name=f"{self.name}-dispatch")
+            # A fresh context: the dispatcher serves every caller, not the one whose submit started it.
+            self._dispatcher = loop.create_task(
+                self._dispatch(), name=f"{self.name}-dispatch", context=contextvars.Context()
+            )
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future, time.monotonic()))
         self._wakeup.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import statistics
 import sys
 import tempfile
@@ -53,7 +54,20 @@ def http_text(url: str) -> str:
     return http_get(url, timeout=5)[1]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> int:
+    # SIGTERM stops the demo like Ctrl-C: everything it started is stopped by PID on the way out.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(settings, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_demo(settings: Settings, options: DemoOptions) -> int:
     log_dir = Path(options.log_dir or tempfile.mkdtemp(prefix="ecom-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     # The demo's own broker is fresh: the defaults are fine, but a smaller message limit keeps the

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     web_host: str = "0.0.0.0"  # noqa: S104  (a pod's probes and Prometheus reach it from outside)
     health_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(default=False, description="one JSON object per log line")
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import time
 
+from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import TopicSetupError, create_topics, topic_specs
 
 log = logging.getLogger(__name__)
-
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> None:
@@ -64,7 +64,8 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
 
     from streams.app import create_app
 
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    config = logging_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(config)
     try:
         ensure_topics(settings, create=create_topics)
     except TopicSetupError as exc:
@@ -74,6 +75,7 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
+        logging_config=config,
         quiet=True,
         redirect_stdouts=False,
     )
