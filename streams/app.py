@@ -10,16 +10,19 @@ in `streams.offsets` turns that into at-least-once with any concurrency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from streams.errors import PublishFailed
+from streams.errors import PublishFailed, ShuttingDown
 from streams.health import Health
 from streams.inference import InferenceService, ModelClient, RetryPolicy, TritonModel
+from streams.lifecycle import Lifecycle
 from streams.logs import current_coords
 from streams.offsets import InFlight, SafeCommitTransport
 from streams.pipeline import Pipeline, PipelineConfig, Publisher
@@ -58,7 +61,8 @@ class EnrichmentApp(faust.App):
         # The model's version and labels, fetched before the first event needs them (waits for Triton).
         services = getattr(self, "services", None)
         if services is not None:
-            await services.inference.info()
+            with contextlib.suppress(ShuttingDown):
+                await services.inference.info()
 
     async def _probe_forever(self) -> None:
         services = getattr(self, "services", None)
@@ -69,6 +73,10 @@ class EnrichmentApp(faust.App):
             await asyncio.sleep(services.settings.health_interval_s)
 
     async def on_stop(self) -> None:
+        services = getattr(self, "services", None)
+        if services is not None:
+            # Before Faust waits for the streams to drain: events waiting on a retry give up now.
+            services.lifecycle.stop()
         await super().on_stop()
         services = getattr(self, "services", None)
         if services is not None:
@@ -87,6 +95,7 @@ class Services:
     publisher: Publisher
     pipeline: Pipeline
     health: Health
+    lifecycle: Lifecycle
 
     async def close(self) -> None:
         await self.inference.close()
@@ -114,8 +123,15 @@ def faust_credentials(settings: Settings) -> Any:
 class FaustPublisher:
     """Sends through the app's producer and waits for the broker's acknowledgement, retrying failures."""
 
-    def __init__(self, app: faust.App, settings: Settings, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.app = app
+        self._sleep = sleep
         self.timeout = settings.publish_timeout_s
         self.retry = retry
         self._topics: dict[str, Any] = {}
@@ -133,13 +149,13 @@ class FaustPublisher:
             try:
                 pending = await self._topic(topic).send(key=key, value=value)
                 await asyncio.wait_for(asyncio.shield(pending), self.timeout)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ShuttingDown):
                 raise
             except Exception as exc:  # noqa: BLE001  (any send failure is retried; the event waits)
                 error = PublishFailed(f"{type(exc).__name__}: {exc}")
                 delay = self.retry.backoff(attempt)
                 log.warning("publish to %s failed (%s); retry %d in %.1fs", topic, error, attempt + 1, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 attempt += 1
                 continue
             metrics.EVENTS_PRODUCED.labels(topic).inc()
@@ -192,7 +208,8 @@ def create_app(
         timeout=settings.infer_timeout_s,
         ssl=settings.triton_ssl,
     )
-    inference = InferenceService.from_settings(settings, model)
+    lifecycle = Lifecycle()
+    inference = InferenceService.from_settings(settings, model, sleep=lifecycle.sleep)
     (table_name,) = TABLES
     recent = app.Table(table_name, default=list, partitions=settings.partitions)
     recommender = build_recommender(settings, recent)
@@ -201,7 +218,9 @@ def create_app(
         PipelineConfig.from_settings(settings), names, inference, recommender, publisher, retry=retry
     )
     health = Health(settings, app, model)
-    app.services = Services(settings, names, model, inference, recommender, publisher, pipeline, health)
+    app.services = Services(
+        settings, names, model, inference, recommender, publisher, pipeline, health, lifecycle
+    )
 
     def agent_body(name: str) -> Any:
         async def run(stream: faust.StreamT[bytes]) -> None:
@@ -244,6 +263,11 @@ async def process(app: EnrichmentApp, event: Any) -> None:
         await app.services.pipeline.handle(record)
     except asyncio.CancelledError:
         raise  # stays in flight: nothing at or past this offset is committed; read again after restart
+    except ShuttingDown:
+        log.info(
+            "%s left unfinished at shutdown; the next owner of the partition processes it", record.coords
+        )
+        return
     except Exception:
         log.exception("%s failed outside the pipeline's error handling; left uncommitted", record.coords)
         return

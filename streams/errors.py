@@ -93,5 +93,12 @@ class PublishFailed(EnrichmentError):
     retriable = True
 
 
+class ShuttingDown(EnrichmentError):
+    """The worker is stopping while this event waits to be retried: it is left uncommitted (never
+    dead-lettered) and processed again by the next owner of its partition."""
+
+    retriable = True
+
+
 class InternalError(EnrichmentError):
     """A bug met on one event: the event is dead-lettered with the message, processing goes on."""

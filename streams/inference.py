@@ -269,7 +269,9 @@ class InferenceService:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings, model: ModelClient) -> InferenceService:
+    def from_settings(
+        cls, settings: Settings, model: ModelClient, sleep: Callable[[float], Any] = asyncio.sleep
+    ) -> InferenceService:
         return cls(
             model,
             max_batch=settings.batch_max_size,
@@ -278,6 +280,7 @@ class InferenceService:
             retry=RetryPolicy(
                 settings.retry_backoff_initial_s, settings.retry_backoff_max_s, settings.retry_max_ambiguous
             ),
+            sleep=sleep,
         )
 
     async def info(self) -> ModelInfo:

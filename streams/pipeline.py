@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from pydantic import BaseModel
 
 from streams import enrich, metrics
 from streams.deadletter import envelope
-from streams.errors import EnrichmentError, InternalError
+from streams.errors import EnrichmentError, InternalError, ShuttingDown
 from streams.events import (
     ClickEvent,
     ProductUploadEvent,
@@ -84,6 +83,7 @@ class Pipeline:
         *,
         retry: RetryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.topics = topics
@@ -92,6 +92,7 @@ class Pipeline:
         self.publisher = publisher
         self.retry = retry or RetryPolicy()
         self.clock = clock
+        self._sleep = sleep
         self._handlers: dict[str, Callable[[SourceRecord], Awaitable[Result]]] = {
             topics.reviews: self._review,
             topics.product_uploads: self._product,
@@ -99,6 +100,7 @@ class Pipeline:
         }
 
     async def handle(self, record: SourceRecord) -> Outcome:
+        """Enrich and publish, or dead-letter; raises only `ShuttingDown` (the event stays unfinished)."""
         topic = record.topic
         metrics.EVENTS_CONSUMED.labels(topic).inc()
         result = await self._enrich(record)
@@ -123,6 +125,8 @@ class Pipeline:
                 if handler is None:
                     raise InternalError(f"no handler for topic {record.topic}")
                 return await handler(record)
+            except ShuttingDown:
+                raise
             except EnrichmentError as exc:
                 if not exc.retriable:
                     return exc
@@ -131,7 +135,7 @@ class Pipeline:
                 log.warning(
                     "%s transient failure (%s: %s); retrying in %.1fs", record.coords, exc.reason, exc, delay
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 attempt += 1
             except asyncio.CancelledError:
                 raise
@@ -180,7 +184,3 @@ class Pipeline:
             processed_ts=self.clock(),
         )
         return Result(self.topics.recommendations, event.user_id.encode(), out, event.ts)
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

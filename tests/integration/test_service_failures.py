@@ -126,7 +126,7 @@ class GateProxy:
         self._thread.join(timeout=5)
 
 
-def test_while_triton_is_down_events_wait_and_none_is_dropped(
+def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_restart(
     broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path
 ) -> None:
     proxy = GateProxy(("127.0.0.1", triton.grpc_port))
@@ -150,6 +150,15 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped(
                 assert sum(len(r) for r in accounting.received.values()) == 0, "nothing while Triton is away"
                 assert http_get(f"{worker.url}/readyz")[0] == 503
                 assert worker.alive()
+                text = worker.metrics()
+                assert metric(text, "ecom_inference_requests_total", outcome="retry") > 0
+                assert metric(text, "ecom_dependency_up", dependency="triton") == 0
+                # A SIGTERM now stops the worker cleanly (no SIGKILL after the grace period); the
+                # waiting events stay uncommitted, and the restarted worker processes them.
+                worker.stop()
+                assert worker.process is not None and worker.process.proc is not None
+                assert worker.process.proc.returncode == 0, worker.tail()
+                worker.start(wait_ready=False)
                 proxy.open.set()
                 return await collector.collect(accounting, wait_s=180, settle=2.0)
             finally:
@@ -158,9 +167,7 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped(
         accounting = asyncio.run(outage_then_recovery())
         assert accounting.missing == [], worker.tail()
         assert accounting.repeats == {} and accounting.misrouted() == []
-        text = worker.metrics()
-        assert metric(text, "ecom_inference_requests_total", outcome="retry") > 0
-        assert metric(text, "ecom_dead_letters_total") == 0
+        assert metric(worker.metrics(), "ecom_dead_letters_total") == 0
         deadline = time.monotonic() + 10
         while http_get(f"{worker.url}/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)

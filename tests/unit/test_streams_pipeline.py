@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 from streams_fakes import FakeModel, RecordingPublisher
 
+from streams.errors import ShuttingDown
 from streams.inference import InferenceService, RetryPolicy
+from streams.lifecycle import Lifecycle
 from streams.pipeline import Pipeline, PipelineConfig
 from streams.recommendations import RecentPopular
 from streams.records import SourceRecord
@@ -155,3 +157,34 @@ async def test_unknown_topic_is_an_internal_error_dead_letter_not_a_crash() -> N
     pipeline, pub = make_pipeline()
     assert await pipeline.handle(rec("somewhere-else", {"x": 1})) == "dead_lettered"
     assert pub.sent[0][2]["error"]["type"] == "InternalError"
+
+
+async def test_a_stopping_worker_leaves_waiting_events_unfinished_not_dead_lettered() -> None:
+    lifecycle = Lifecycle()
+    publisher = RecordingPublisher()
+    retry = RetryPolicy(0.05, 0.1, 3)
+    inference = InferenceService(
+        FakeModel(transient_failures=10**6),
+        max_batch=8,
+        linger=0.0,
+        max_in_flight=1,
+        retry=retry,
+        sleep=lifecycle.sleep,
+    )
+    pipeline = Pipeline(
+        PipelineConfig(limits=Limits()),
+        NAMES,
+        inference,
+        RecentPopular({}, 5),
+        publisher,
+        retry=retry,
+        sleep=lifecycle.sleep,
+    )
+    waiting = asyncio.ensure_future(pipeline.handle(rec("reviews", {**REVIEW, "text": "nice"})))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # Triton is away: the event waits
+    lifecycle.stop()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(waiting, 5)
+    assert publisher.sent == []
+    await inference.close()
