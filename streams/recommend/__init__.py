@@ -1,0 +1,32 @@
+"""Live recommendations from the clickstream: pure logic, no Faust imports (docs/recommendations.md).
+
+- `state`: per-user session and purchase history (user-keyed table values);
+- `cooccurrence`: online item-item counts, pruned per item (item-keyed rows, global pruned lists);
+- `popularity`: item statistics and the most-popular boards;
+- `content`: product-embedding similarity (cold start);
+- `ranker`: candidates, features and the weighted blend;
+- `engine`: the user step and the item step the agents run, and an in-process runner;
+- `evaluation`, `evaluate_offline`: the issue's protocol and its offline run.
+"""
+
+from streams.recommend.config import SOURCES, RecommenderConfig, Weights
+from streams.recommend.content import ContentIndex
+from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, item_step, user_step
+from streams.recommend.ranker import GlobalView, ScoredProduct, recommend
+from streams.recommend.state import UserState
+
+__all__ = [
+    "SOURCES",
+    "Click",
+    "ContentIndex",
+    "GlobalView",
+    "ItemUpdate",
+    "LocalRecommender",
+    "RecommenderConfig",
+    "ScoredProduct",
+    "UserState",
+    "Weights",
+    "item_step",
+    "recommend",
+    "user_step",
+]
