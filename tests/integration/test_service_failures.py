@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -64,10 +65,12 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def report(request: pytest.FixtureRequest, name: str, values: dict[str, object]) -> None:
+    """Shown in the test run's output (not captured) and kept in the JUnit XML properties."""
     request.node.user_properties.append((name, values))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{name}: {values}")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        sys.stdout.write(f"\n{name}: {values}\n")
+        sys.stdout.flush()
 
 
 async def committed_offsets(settings: Settings, topic: str) -> dict[int, int | None]:
@@ -83,13 +86,16 @@ async def committed_offsets(settings: Settings, topic: str) -> dict[int, int | N
 
 
 class GateProxy:
-    """A TCP proxy in front of Triton that can refuse connections ("Triton down") and accept them again."""
+    """A TCP proxy in front of Triton that refuses connections ("Triton down") until `open` is set."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
         self.open = threading.Event()
         self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._pipes: list[threading.Thread] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -104,9 +110,19 @@ class GateProxy:
                         client, _ = server.accept()
                     except TimeoutError:
                         continue
-                    upstream = socket.create_connection(self.target)
-                    for a, b in ((client, upstream), (upstream, client)):
-                        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                    try:
+                        upstream = socket.create_connection(self.target, timeout=5)
+                    except OSError:
+                        client.close()
+                        continue
+                    client.settimeout(None)
+                    upstream.settimeout(None)
+                    with self._lock:
+                        self._sockets += [client, upstream]
+                        for a, b in ((client, upstream), (upstream, client)):
+                            pipe = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+                            pipe.start()
+                            self._pipes.append(pipe)
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -124,6 +140,14 @@ class GateProxy:
         self._stop.set()
         self.open.clear()
         self._thread.join(timeout=5)
+        with self._lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            for pipe in self._pipes:
+                pipe.join(timeout=5)
+            for s in self._sockets:
+                s.close()
 
 
 def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_restart(
