@@ -46,6 +46,7 @@ class EnrichmentApp(faust.App):
 
     in_flight: InFlight
     services: Services
+    fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> Any:
         return SafeCommitTransport(self.conf.broker_consumer, self)
@@ -198,6 +199,7 @@ def create_app(
         web_in_thread=False,
     )
     app.in_flight = InFlight()
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
 
     retry = RetryPolicy(
         settings.retry_backoff_initial_s, settings.retry_backoff_max_s, settings.retry_max_ambiguous

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         default=1.0, gt=0, description="how often acknowledged offsets are committed"
     )
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=1, description="longest a fetch waits for data (the latency floor on some brokers)"
+    )
     publish_timeout_s: float = Field(
         default=30.0, gt=0, description="wait for one delivery before retrying it"
     )
