@@ -42,6 +42,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "ECOM_APP_ID": settings.app_id,
         "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
         "ECOM_HEALTH_INTERVAL_S": "1",
+        # A lone worker joins its group after the rebalance timeout; a short one keeps the tests short.
+        "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
+        "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
     }
 
 

@@ -104,3 +104,19 @@ async def test_every_table_changelog_is_created_explicitly() -> None:
         assert table.changelog_topic.get_topic_name() in names
         assert table.changelog_topic.get_topic_name() == changelog_topic(settings, table.name)
         assert table.partitions == settings.partitions
+
+
+async def test_settings_reach_the_faust_app() -> None:
+    settings = Settings(
+        processing_guarantee="exactly_once",
+        broker_rebalance_timeout_s=2,
+        commit_interval_s=0.5,
+        fetch_max_wait_ms=50,
+    )
+    app = create_app(settings, model=FakeModel(), publisher=RecordingPublisher())
+    assert app.conf.processing_guarantee.value == "exactly_once"
+    assert app.conf.broker_rebalance_timeout == 2 and app.conf.broker_commit_interval == 0.5
+    assert app.fetch_max_wait_ms == 50
+    assert app.conf.topic_disable_leader, (
+        "no leader topic: every topic the worker needs is created explicitly"
+    )
