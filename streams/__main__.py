@@ -89,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.topics import create_topics
 
         settings = _settings()
-        created = asyncio.run(create_topics(settings))
-        log.info("topics ready (%d created, %d partitions each)", len(created), settings.partitions)
+        ready = asyncio.run(create_topics(settings))
+        log.info("%d topics ready, %d created", len(ready.counts), len(ready.created))
         return 0
     if args.command == "demo":
         from streams.demo import DemoOptions, run_demo

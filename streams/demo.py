@@ -91,8 +91,8 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
             settings = settings.model_copy(
                 update={"kafka_bootstrap": broker.url, "triton_grpc_url": triton.grpc_url}
             )
-            created = asyncio.run(create_topics(settings))
-            say(f"[3/6] created {len(created)} topics with {settings.partitions} partitions each")
+            ready = asyncio.run(create_topics(settings))
+            say(f"[3/6] created {len(ready.created)} topics with {settings.partitions} partitions each")
 
             worker = WorkerProcess(
                 {

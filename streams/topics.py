@@ -8,9 +8,9 @@ embedded one: 4), and a table whose changelog disagrees with its source crashes 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,25 +111,42 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 class TopicSetupError(RuntimeError):
-    """A topic exists with a partition count other than the configured one, or could not be created."""
+    """Topics that cannot be made to work: creation failed, or a table's changelog disagrees with the
+    partition count of the topic the table is fed from."""
 
 
-async def create_topics(
-    settings: Settings, specs: Sequence[TopicSpec] | None = None, wait_s: float = 30
-) -> list[str]:
-    """Create the topics that do not exist yet; check the partition count of those that do.
+@dataclass(frozen=True)
+class TopicsReady:
+    created: list[str]
+    counts: dict[str, int]  # every topic of the service -> its partition count
+    table_partitions: int  # the partitions of the clickstream, which its table and changelog must match
 
-    Returns the names created. Raises `TopicSetupError` on a mismatch (fix it by hand: the service does
-    not delete topics).
+
+async def create_topics(settings: Settings, *, create: bool = True, wait_s: float = 30) -> TopicsReady:
+    """Create the topics that do not exist yet (with ECOM_PARTITIONS partitions), check the others.
+
+    Topics that already exist keep their partition count (the service never deletes or repartitions a
+    topic); a count other than ECOM_PARTITIONS is logged. The table's changelog follows the clickstream's
+    actual count, so a worker also runs on topics someone else created; a changelog that exists with
+    another count raises `TopicSetupError`. With `create=False` nothing is created and a missing topic
+    raises.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    specs = list(specs if specs is not None else topic_specs(settings))
+    names = TopicNames.from_settings(settings)
+    changelogs = {changelog_topic(settings, table) for table in TABLES}
+    specs = topic_specs(settings)
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(wait_s * 1000))
     await admin.start()
     try:
         existing = await _partition_counts(admin, [s.name for s in specs])
+        source = existing.get(names.clickstream, settings.partitions)
+        specs = [dataclasses.replace(s, partitions=source) if s.name in changelogs else s for s in specs]
         missing = [s for s in specs if s.name not in existing]
+        if missing and not create:
+            raise TopicSetupError(
+                f"topics missing (run `python -m streams create-topics`): {[s.name for s in missing]}"
+            )
         if missing:
             response = await admin.create_topics(
                 [
@@ -150,16 +167,23 @@ async def create_topics(
                 absent = [s.name for s in specs if s.name not in counts]
                 raise TopicSetupError(f"topics not visible after {wait_s:.0f}s: {absent}")
             await asyncio.sleep(0.2)
-        wrong = [
-            f"{s.name} has {counts[s.name]}, expected {s.partitions}"
-            for s in specs
-            if counts[s.name] != s.partitions
-        ]
-        if wrong:
-            raise TopicSetupError("partition counts differ from ECOM_PARTITIONS: " + "; ".join(wrong))
         for spec in missing:
             log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
-        return [s.name for s in missing]
+        for spec in specs:
+            if spec.name in changelogs and counts[spec.name] != counts[names.clickstream]:
+                raise TopicSetupError(
+                    f"{spec.name} has {counts[spec.name]} partitions but {names.clickstream} has "
+                    f"{counts[names.clickstream]}: a table's changelog must match its source topic "
+                    "(delete the changelog, or use a new ECOM_APP_ID)"
+                )
+            if counts[spec.name] != settings.partitions and spec not in missing:
+                log.warning(
+                    "topic %s exists with %d partitions (ECOM_PARTITIONS=%d); kept as it is",
+                    spec.name,
+                    counts[spec.name],
+                    settings.partitions,
+                )
+        return TopicsReady([s.name for s in missing], counts, counts[names.clickstream])
     finally:
         await admin.close()
 

@@ -9,22 +9,18 @@ import time
 
 from streams.logs import logging_config
 from streams.settings import Settings
-from streams.topics import TopicSetupError, create_topics, topic_specs
+from streams.topics import TopicSetupError, TopicsReady, create_topics
 
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> None:
+def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> TopicsReady:
     """Create (or only check) every topic before Faust subscribes; wait a while for the broker."""
     deadline = time.monotonic() + wait
     attempt = 0
     while True:
         try:
-            if create:
-                asyncio.run(create_topics(settings))
-            else:
-                asyncio.run(_check_only(settings))
-            return
+            return asyncio.run(create_topics(settings, create=create))
         except TopicSetupError:
             raise
         except Exception as exc:
@@ -36,29 +32,6 @@ def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> No
             attempt += 1
 
 
-async def _check_only(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from streams.topics import _partition_counts, client_options
-
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        specs = topic_specs(settings)
-        counts = await _partition_counts(admin, [s.name for s in specs])
-    finally:
-        await admin.close()
-    problems = [
-        f"{s.name}: {'missing' if s.name not in counts else f'{counts[s.name]} partitions'}"
-        for s in specs
-        if counts.get(s.name) != s.partitions
-    ]
-    if problems:
-        raise TopicSetupError(
-            f"topics not as configured (run `python -m streams create-topics`): {'; '.join(problems)}"
-        )
-
-
 def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
     import faust
 
@@ -67,10 +40,16 @@ def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
     config = logging_config(settings.log_level, settings.log_json)
     logging.config.dictConfig(config)
     try:
-        ensure_topics(settings, create=create_topics)
+        ready = ensure_topics(settings, create=create_topics)
     except TopicSetupError as exc:
         log.error("%s", exc)
         return 3
+    if ready.table_partitions != settings.partitions:
+        # The topics were made elsewhere: the table must match the clickstream it is fed from.
+        log.warning(
+            "using %d partitions for the table, as the existing clickstream has", ready.table_partitions
+        )
+        settings = settings.model_copy(update={"partitions": ready.table_partitions})
     app = create_app(settings)
     worker = faust.Worker(
         app,
