@@ -138,10 +138,14 @@ async def _replay(
     try:
         accounting = new_accounting(events)
         started = time.perf_counter()
-        await asyncio.gather(
-            produce(settings, events, progress=True, rate=rate),
-            collector.collect(accounting, wait_s=wait_s, settle=1.0, progress=True),
-        )
+
+        async def send() -> None:
+            produced = await produce(settings, events, progress=True, rate=rate)
+            accounting.forget(produced.refused)
+            for event, reason in produced.refused:
+                say(f"  the broker refused {event.event_id}: {reason}")
+
+        await asyncio.gather(send(), collector.collect(accounting, wait_s=wait_s, settle=1.0, progress=True))
         return accounting, time.perf_counter() - started
     finally:
         await collector.stop()

@@ -30,6 +30,12 @@ from streams.topics import TopicNames, client_options
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Produced:
+    seconds: float
+    refused: list[tuple[SampleEvent, str]]  # events the broker would not take, with its reason
+
+
 async def produce(
     settings: Settings,
     events: Sequence[SampleEvent],
@@ -37,10 +43,14 @@ async def produce(
     progress: bool = False,
     desc: str = "replay",
     rate: float | None = None,
-) -> float:
-    """Send `events` in order (acks=all), as fast as possible or at `rate` events/s; returns the wall
-    time it took."""
+) -> Produced:
+    """Send `events` in order (acks=all), as fast as possible or at `rate` events/s.
+
+    An event the broker refuses (most often: larger than its message.max.bytes) is reported in
+    `refused`, not raised: the rest of the replay goes on.
+    """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
     from tqdm import tqdm
 
     names = TopicNames.from_settings(settings)
@@ -53,24 +63,39 @@ async def produce(
     await producer.start()
     started = time.perf_counter()
     bar = tqdm(total=len(events), desc=desc, unit="ev", disable=not progress, file=sys.stdout, position=0)
+    refused: list[tuple[SampleEvent, str]] = []
+
+    async def settle(batch: list[tuple[SampleEvent, asyncio.Future[Any]]]) -> None:
+        results = await asyncio.gather(*(f for _, f in batch), return_exceptions=True)
+        for (event, _), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                refused.append((event, f"{type(result).__name__}: {result}"))
+
     try:
-        pending: list[asyncio.Future[Any]] = []
+        pending: list[tuple[SampleEvent, asyncio.Future[Any]]] = []
         for i, event in enumerate(events):
             if rate:
                 ahead = started + i / rate - time.perf_counter()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            fut = await producer.send(physical_topic(names, event.topic), event.render(), key=event.key)
+            try:
+                fut = await producer.send(physical_topic(names, event.topic), event.render(), key=event.key)
+            except KafkaError as exc:
+                refused.append((event, f"{type(exc).__name__}: {exc}"))
+                bar.update(1)
+                continue
             fut.add_done_callback(lambda _: bar.update(1))
-            pending.append(fut)
+            pending.append((event, fut))
             if len(pending) >= 256:
-                await asyncio.gather(*pending)
+                await settle(pending)
                 pending.clear()
-        await asyncio.gather(*pending)
+        await settle(pending)
     finally:
         bar.close()
         await producer.stop()
-    return time.perf_counter() - started
+    for event, reason in refused:
+        log.warning("the broker refused %s (%s): %s", event.event_id, event.topic, reason)
+    return Produced(time.perf_counter() - started, refused)
 
 
 @dataclass
@@ -95,6 +120,13 @@ class Accounting:
     expected: dict[str, SampleEvent]
     received: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
     unattributed: list[Received] = field(default_factory=list)  # records without a known event_id
+
+    def forget(self, refused: Iterable[tuple[SampleEvent, str]]) -> None:
+        """Events the broker never took: nothing can come back for them."""
+        for event, _ in refused:
+            self.produced[event.event_id] -= 1
+            if self.produced[event.event_id] <= 0:
+                del self.produced[event.event_id]
 
     def add(self, record: Received) -> None:
         event_id = record.value.get("event_id")
@@ -242,9 +274,10 @@ async def replay_and_collect(
     await collector.start()
     try:
         accounting = new_accounting(events)
-        produce_s = await produce(settings, events, progress=progress)
+        produced = await produce(settings, events, progress=progress)
+        accounting.forget(produced.refused)
         await collector.collect(accounting, wait_s=wait_s, progress=progress)
-        return accounting, produce_s
+        return accounting, produced.seconds
     finally:
         await collector.stop()
 
@@ -263,11 +296,15 @@ def produce_sample_command(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         max_message_bytes=settings.max_message_bytes,
     )
-    seconds = asyncio.run(produce(settings, events, progress=True))
-    sys.stdout.write(f"produced {len(events)} events in {seconds:.1f}s\n")
+    produced = asyncio.run(produce(settings, events, progress=True))
+    refused = {id(e) for e, _ in produced.refused}
+    sent = [e for e in events if id(e) not in refused]
+    sys.stdout.write(f"produced {len(sent)} events in {produced.seconds:.1f}s\n")
+    for event, reason in produced.refused:
+        sys.stdout.write(f"  refused by the broker, left out of the manifest: {event.event_id}: {reason}\n")
     if args.manifest:
         Path(args.manifest).write_bytes(
-            orjson.dumps([e.manifest_entry() for e in events], option=orjson.OPT_INDENT_2)
+            orjson.dumps([e.manifest_entry() for e in sent], option=orjson.OPT_INDENT_2)
         )
         sys.stdout.write(f"manifest: {args.manifest}\n")
     return 0
