@@ -79,7 +79,6 @@ class EnrichmentApp(faust.App):
             # Before Faust waits for the streams to drain: events waiting on a retry give up now.
             services.lifecycle.stop()
         await super().on_stop()
-        services = getattr(self, "services", None)
         if services is not None:
             await services.close()
 
