@@ -34,11 +34,13 @@ class Weights:
     its product embedding to the latest session items; p: log-popularity relative to the most popular item.
     """
 
+    # Chosen on the validation split (`evaluate_offline --tune`), except `content`: the Instacart sample
+    # has no product embeddings, so its weight is a prior (docs/recommendations.md).
     history: float = 1.0
-    history_repeat: float = 1.0
-    cooccurrence: float = 0.5
-    content: float = 0.3
-    popularity: float = 0.05
+    history_repeat: float = 3.0
+    cooccurrence: float = 8.0
+    content: float = 1.0
+    popularity: float = 0.1
 
     def as_tuple(self) -> tuple[float, float, float, float, float]:
         return (self.history, self.history_repeat, self.cooccurrence, self.content, self.popularity)
@@ -57,7 +59,7 @@ class RecommenderConfig:
 
     # --- item-item co-occurrence (bounded) ---
     pair_window: int = 50  # a new item pairs with at most this many latest session items
-    pair_distance_decay: float = 1.0  # weight of a pair, per item between the two in the session
+    pair_distance_decay: float = 0.6  # weight of a pair, per item between the two in the session
     neighbour_capacity: int = 50  # neighbours kept per item (space-saving counters)
 
     # --- popularity ---
@@ -66,7 +68,7 @@ class RecommenderConfig:
 
     # --- candidates and scoring ---
     score_session_items: int = 10  # latest session items whose neighbours are candidates
-    session_position_decay: float = 0.8  # weight of a session item, per later item in the session
+    session_position_decay: float = 0.5  # weight of a session item, per later item in the session
     content_query_items: int = 3  # latest session items whose embeddings query the content index
     content_candidates: int = 20  # nearest products per query
     popular_candidates: int = 50  # most popular items always in the candidate set (the fallback)

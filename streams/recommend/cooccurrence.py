@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 from streams.recommend.errors import CorruptState
 
+COUNT_DIGITS = 4
+
 # A neighbour row as stored in the item-keyed table: neighbour -> [count, error]. `count - error` is a
 # guaranteed lower bound of the true count (space-saving); ranking uses it.
 Row = dict[str, list[float]]
@@ -90,16 +92,18 @@ def apply_updates(row: Row | None, updates: Iterable[tuple[str, float]], capacit
     for neighbour, weight in updates:
         if weight <= 0:
             continue
+        # Counts are kept to COUNT_DIGITS decimals: decayed pair weights would otherwise make every
+        # count a 17-digit float in the changelog.
         slot = out.get(neighbour)
         if slot is not None:
-            slot[0] += weight
+            slot[0] = round(slot[0] + weight, COUNT_DIGITS)
             continue
         if len(out) < capacity:
-            out[neighbour] = [weight, 0.0]
+            out[neighbour] = [round(weight, COUNT_DIGITS), 0.0]
             continue
         victim, (floor, _) = min(out.items(), key=lambda kv: kv[1][0])
         del out[victim]
-        out[neighbour] = [floor + weight, floor]
+        out[neighbour] = [round(floor + weight, COUNT_DIGITS), floor]
     return out
 
 

@@ -17,15 +17,18 @@ import itertools
 import json
 import sys
 import time
+import tracemalloc
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from streams.recommend.config import RecommenderConfig, Weights
+from streams.recommend.cooccurrence import decode_row
 from streams.recommend.engine import Click, LocalRecommender
 from streams.recommend.evaluation import (
     CoOccurrence,
@@ -41,7 +44,9 @@ from streams.recommend.evaluation import (
     score,
     synthesise_clicks,
 )
+from streams.recommend.popularity import decode_stats
 from streams.recommend.ranker import Candidates, blend, candidate_features
+from streams.recommend.state import UserState
 
 
 class Blended:
@@ -122,14 +127,15 @@ class FeatureBank:
         return float(hit.sum() / self.n), float((1.0 / (rank[hit] + 1)).sum() / self.n)
 
 
+# Popularity stays above 0: with 0 the fallback items would all tie and come out in id order.
 WEIGHT_GRID = {
-    "history_repeat": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
-    "cooccurrence": (0.0, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0),
-    "popularity": (0.0, 0.02, 0.05, 0.1, 0.2),
+    "history_repeat": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "cooccurrence": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0),
+    "popularity": (0.01, 0.02, 0.05, 0.1),
 }
 STRUCTURE_GRID = {
     "history_decay": (0.7, 0.8, 0.9),
-    "pair_distance_decay": (1.0, 0.8),
+    "pair_distance_decay": (1.0, 0.8, 0.6),
     "session_position_decay": (0.5, 0.8),
 }
 
@@ -169,6 +175,29 @@ def tune(
 
 
 # --- report -----------------------------------------------------------------------------------------
+def python_heap_bytes(tables: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Memory the decoded tables take as Python objects (what an in-memory Faust store holds).
+
+    Each table is decoded from its serialised form under tracemalloc, so its strings count too.
+    """
+    decoders: dict[str, Callable[[Any], Any]] = {
+        "users": UserState.from_json,
+        "neighbours": decode_row,
+        "item_stats": decode_stats,
+    }
+    out: dict[str, int] = {}
+    for name, decode in decoders.items():
+        blob = orjson.dumps(tables[name])
+        tracemalloc.start()
+        raw = orjson.loads(blob)
+        decoded = {k: decode(v) for k, v in raw.items()}
+        del raw
+        out[name] = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del decoded
+    return out
+
+
 def _percentile_ms(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
 
@@ -256,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validation = holdout_split(clicks, 1)
         print("tuning on the validation split (each user's second-to-last order held out)", file=out)
         config, trials = tune(validation, config, k, out)
-        report["tuning_top"] = trials[:10]
+        report["tuning_trials"] = trials
         print(f"chosen: {config}", file=out)
 
     splits = {"validation": 1, "test": 0}
@@ -274,9 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tables": blended.engine.table_bytes(),
         }
         tables = report[name]["tables"]
-        print("  state after the replay (orjson bytes, keys + values):", file=out)
+        heap = python_heap_bytes(blended.engine.tables())
+        report[name]["python_heap_bytes"] = heap
+        print("  state after the replay: serialised (orjson, keys + values) and as Python objects", file=out)
         for table, size in tables.items():
-            print(f"    {table:<22} {size['entries']:>8} entries {size['bytes'] / 1e6:>8.2f} MB", file=out)
+            in_memory = f"{heap[table] / 1e6:>8.2f} MB" if table in heap else f"{'-':>11}"
+            print(
+                f"    {table:<16} {size['entries']:>8} entries {size['bytes'] / 1e6:>8.2f} MB {in_memory}",
+                file=out,
+            )
     report["config"] = config_as_dict(config)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -82,3 +82,19 @@ def test_a_product_nobody_clicked_is_recommended_from_its_embedding() -> None:
     assert by_id["new-red-dress"].source == "content"
     assert recs[0].product_id == "new-red-dress"
     assert "garden-hose" not in by_id or by_id["garden-hose"].source != "content"
+
+
+def test_with_the_default_weights_a_close_new_product_reaches_the_top_k() -> None:
+    rec = LocalRecommender(RecommenderConfig())
+    t = 0.0
+    for n in range(30):  # a busy shop: dresses bought with belts and bags
+        for p in ("dress", "belt", "bag", f"other-{n % 9}"):
+            t += 1
+            rec.on_click(Click(f"{n}-{p}", f"u{n}", f"s{n}", p, "add_to_cart", t))
+    rec.on_product("dress", unit(1, 0.2, 0))
+    rec.on_product("new-dress", unit(1, 0.25, 0.05))  # just uploaded: no clicks, no pairs
+    recs = rec.on_click(Click("x", "newcomer", "s-x", "dress", "view", t + 1))
+    assert recs is not None
+    top = [r.product_id for r in recs]
+    assert "new-dress" in top and {"belt", "bag"} <= set(top[:3])
+    assert next(r.source for r in recs if r.product_id == "new-dress") == "content"

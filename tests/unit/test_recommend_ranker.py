@@ -10,9 +10,12 @@ from streams.recommend.engine import Click, LocalRecommender
 from streams.recommend.ranker import Candidates, GlobalView, blend, candidate_features, recommend
 from streams.recommend.state import UserState
 
-# Explicit weights: these tests are about the mechanics, not about the tuned values.
+# Explicit weights and plain "bought together" counts: these tests are about the mechanics, not
+# about the tuned values.
 CFG = RecommenderConfig(
-    k=5, weights=Weights(history=1.0, history_repeat=1.0, cooccurrence=0.5, content=0.3, popularity=0.05)
+    k=5,
+    weights=Weights(history=1.0, history_repeat=1.0, cooccurrence=0.5, content=0.3, popularity=0.05),
+    pair_distance_decay=1.0,
 )
 
 
