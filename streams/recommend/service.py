@@ -156,7 +156,9 @@ class EmbeddingSink:
 
     def put(self, product_id: str, embedding: Sequence[float]) -> None:
         self.content.upsert(product_id, embedding)  # InvalidEmbedding before anything is stored
-        self.embeddings[product_id] = list(embedding)
+        vector = self.content.vector(product_id)
+        assert vector is not None
+        self.embeddings[product_id] = [round(float(x), 7) for x in vector]
 
     def sync(self) -> int:
         """Index the embeddings that other workers wrote (a global table fills from its changelog).
