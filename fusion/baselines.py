@@ -21,7 +21,9 @@ from fusion.network import ImageTower, NetConfig, load_image_encoder
 from fusion.preprocess import prepare_image
 
 
-def tfidf_logreg(reviews: Reviews, train_rows: npt.NDArray[np.int64], test_rows: npt.NDArray[np.int64], seed: int) -> dict[str, Any]:
+def tfidf_logreg(
+    reviews: Reviews, train_rows: npt.NDArray[np.int64], test_rows: npt.NDArray[np.int64], seed: int
+) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -30,10 +32,14 @@ def tfidf_logreg(reviews: Reviews, train_rows: npt.NDArray[np.int64], test_rows:
     x_train = vectorizer.fit_transform([reviews.texts[i] for i in train_rows])
     x_test = vectorizer.transform([reviews.texts[i] for i in test_rows])
     y_train, y_test = reviews.sentiment[train_rows], reviews.sentiment[test_rows]
-    sentiment = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed).fit(x_train, y_train)
+    sentiment = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed).fit(
+        x_train, y_train
+    )
     pred = sentiment.predict(x_test)
     d_train, d_test = reviews.department[train_rows], reviews.department[test_rows]
-    department = LogisticRegression(max_iter=2000, C=10.0, random_state=seed).fit(x_train[d_train >= 0], d_train[d_train >= 0])
+    department = LogisticRegression(max_iter=2000, C=10.0, random_state=seed).fit(
+        x_train[d_train >= 0], d_train[d_train >= 0]
+    )
     d_pred = department.predict(x_test[d_test >= 0])
     return {
         "sentiment_macro_f1": macro_f1(y_test, pred, 3),

@@ -16,11 +16,13 @@ import io
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 
@@ -31,7 +33,7 @@ from fusion.serving import FusionService
 DEFAULT_VERSION_DIR = Path(__file__).resolve().parents[1] / "triton_models" / "ecom_fusion" / "1"
 
 
-def _png(array: np.ndarray) -> bytes:
+def _png(array: npt.NDArray[np.uint8]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "PNG")
     return buf.getvalue()
@@ -111,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             record["network_only"] = _summary(_timed(network, args.device, args.repeats, args.warmup), batch)
             results.append(record)
             s = record["serving_path"]
-            print(
-                f"{mode:>5} batch {batch:>4}: p50 {s['latency_ms_p50']:8.1f} ms  {s['items_per_second']:8.1f} items/s"
-                f"  (network only {record['network_only']['items_per_second']:.1f} items/s)"
+            sys.stdout.write(
+                f"{mode:>5} batch {batch:>4}: p50 {s['latency_ms_p50']:8.1f} ms"
+                f"  {s['items_per_second']:8.1f} items/s"
+                f"  (network only {record['network_only']['items_per_second']:.1f} items/s)\n"
             )
     report = {
         "device": args.device,
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "version_dir": str(args.version_dir),
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    sys.stdout.write(f"wrote {args.output}\n")
     return 0
 
 

@@ -49,7 +49,11 @@ class Reviews:
 
     def subset(self, idx: IntArray) -> Reviews:
         return Reviews(
-            [self.texts[i] for i in idx], self.sentiment[idx], self.rating[idx], self.leaf[idx], self.department[idx]
+            [self.texts[i] for i in idx],
+            self.sentiment[idx],
+            self.rating[idx],
+            self.leaf[idx],
+            self.department[idx],
         )
 
 

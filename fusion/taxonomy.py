@@ -175,7 +175,9 @@ def leaf_to_fmnist_class() -> npt.NDArray[np.int64]:
 def taxonomy_document() -> dict[str, Any]:
     """The machine-readable taxonomy written beside the served model (`taxonomy.json`)."""
     return {
-        "leaves": [{"index": i, "name": leaf.name, "department": leaf.department} for i, leaf in enumerate(LEAVES)],
+        "leaves": [
+            {"index": i, "name": leaf.name, "department": leaf.department} for i, leaf in enumerate(LEAVES)
+        ],
         "departments": list(DEPARTMENTS),
         "sentiment_labels": list(SENTIMENT_LABELS),
         "sources": {
@@ -188,7 +190,13 @@ def taxonomy_document() -> dict[str, Any]:
             "womens_clothing_reviews": {
                 "class_to_leaf": dict(REVIEW_CLASS_TO_LEAF),
                 "department_to_department": dict(REVIEW_DEPARTMENT_TO_DEPARTMENT),
-                "sentiment_from_rating": {"1": "negative", "2": "negative", "3": "neutral", "4": "positive", "5": "positive"},
+                "sentiment_from_rating": {
+                    "1": "negative",
+                    "2": "negative",
+                    "3": "neutral",
+                    "4": "positive",
+                    "5": "positive",
+                },
                 "department_rule": "argmax of leaf probabilities summed per department",
             },
         },

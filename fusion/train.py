@@ -45,7 +45,6 @@ from fusion.features import (
     cache_text,
     pad_hidden,
     sortish_batches,
-    token_lengths,
     wide_rows,
     wide_tensors,
 )
@@ -75,12 +74,12 @@ IntArray = npt.NDArray[np.int64]
 @dataclass
 class TrainConfig:
     seed: int = 0
-    epochs: int = 3
+    epochs: int = 2
     text_batch: int = 32
-    image_batch: int = 64
+    image_batch: int = 128
     image_views: int = 2
-    lr_text: float = 1e-4
-    lr_image: float = 5e-4
+    lr_text: float = 2e-4
+    lr_image: float = 1e-3
     lr_head: float = 2e-3
     lr_wide: float = 2e-2
     weight_decay: float = 0.01
@@ -137,13 +136,19 @@ def make_optimizer(net: FusionNet, cfg: TrainConfig) -> torch.optim.Optimizer:
         groups.setdefault(f"{key}:{'decay' if decay else 'no_decay'}", []).append(param)
     lrs = {"text": cfg.lr_text, "image": cfg.lr_image, "wide": cfg.lr_wide, "head": cfg.lr_head}
     param_groups = [
-        {"params": params, "lr": lrs[key.split(":")[0]], "weight_decay": cfg.weight_decay if key.endswith(":decay") else 0.0}
+        {
+            "params": params,
+            "lr": lrs[key.split(":")[0]],
+            "weight_decay": cfg.weight_decay if key.endswith(":decay") else 0.0,
+        }
         for key, params in groups.items()
     ]
     return torch.optim.AdamW(param_groups)
 
 
-def linear_warmup(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_warmup(
+    optimizer: torch.optim.Optimizer, total: int, warmup: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -168,10 +173,20 @@ class Trainer:
         cached = cache_text(net, self.tokenizer, [reviews.texts[i] for i in rows], dev, desc="text cache")
         self.text_cache = dict(zip(rows.tolist(), cached, strict=True))
         self.text_len = {i: int(t.shape[0]) for i, t in self.text_cache.items()}
-        self.wide = dict(zip(rows.tolist(), wide_rows([reviews.texts[i] for i in rows], net.config.wide_buckets), strict=True))
+        self.wide = dict(
+            zip(
+                rows.tolist(),
+                wide_rows([reviews.texts[i] for i in rows], net.config.wide_buckets),
+                strict=True,
+            )
+        )
         t1 = time.perf_counter()
-        self.image_train = cache_images(net, fm.images[fm_split["train"]], dev, cfg.image_views, cfg.seed, desc="image cache train")
-        self.image_val = cache_images(net, fm.images[fm_split["val"]], dev, 1, cfg.seed, desc="image cache val")[0]
+        self.image_train = cache_images(
+            net, fm.images[fm_split["train"]], dev, cfg.image_views, cfg.seed, desc="image cache train"
+        )
+        self.image_val = cache_images(
+            net, fm.images[fm_split["val"]], dev, 1, cfg.seed, desc="image cache val"
+        )[0]
         t2 = time.perf_counter()
         self.cache_seconds = {"text": t1 - t0, "image": t2 - t1}
         train_labels = fm.labels[fm_split["train"]]
@@ -185,13 +200,22 @@ class Trainer:
         rng = self.rng if augment else None
         cfg = self.cfg
         hidden, mask = pad_hidden(
-            self.text_cache, rows.tolist(), self.device, rng, cfg.token_drop if augment else 0.0, cfg.span_drop if augment else 0.0
+            self.text_cache,
+            rows.tolist(),
+            self.device,
+            rng,
+            cfg.token_drop if augment else 0.0,
+            cfg.span_drop if augment else 0.0,
         )
         feat = self.net.text.top(hidden, mask)
-        wide = self.net.wide_logits(*wide_tensors([self.wide[i] for i in rows], self.device, rng, cfg.wide_drop if augment else 0.0))
+        wide = self.net.wide_logits(
+            *wide_tensors([self.wide[i] for i in rows], self.device, rng, cfg.wide_drop if augment else 0.0)
+        )
         return feat, wide
 
-    def _losses(self, out: dict[str, Tensor], sentiment: Tensor | None, leaf: Tensor, department: Tensor | None) -> Tensor:
+    def _losses(
+        self, out: dict[str, Tensor], sentiment: Tensor | None, leaf: Tensor, department: Tensor | None
+    ) -> Tensor:
         cfg = self.cfg
         loss = torch.zeros((), device=self.device)
         if sentiment is not None:
@@ -201,7 +225,9 @@ class Trainer:
             logits = out["category_logits"][known]
             loss = loss + F.cross_entropy(logits, leaf[known], label_smoothing=cfg.label_smoothing)
             if department is not None and cfg.department_weight > 0:
-                loss = loss + cfg.department_weight * F.nll_loss(department_log_probs(logits), department[known])
+                loss = loss + cfg.department_weight * F.nll_loss(
+                    department_log_probs(logits), department[known]
+                )
         return loss
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, float]:
@@ -223,13 +249,17 @@ class Trainer:
             sentiment = torch.from_numpy(self.reviews.sentiment[rows]).to(dev)
             leaf_np = self.reviews.leaf[rows]
             leaf = torch.from_numpy(leaf_np).to(dev)
-            department = torch.from_numpy(np.where(leaf_np >= 0, leaf_to_department(np.maximum(leaf_np, 0)), -1)).to(dev)
+            department = torch.from_numpy(
+                np.where(leaf_np >= 0, leaf_to_department(np.maximum(leaf_np, 0)), -1)
+            ).to(dev)
             # Image-only examples, and synthesised pairs: a review + a training image of the same leaf.
             start = (step * per_step) % n_images
             img_rows = image_order[np.arange(start, start + per_step) % n_images]
             fm_class = np.where(leaf_np >= 0, leaf_to_fm[np.maximum(leaf_np, 0)], -1)
             pair_sel = np.flatnonzero(fm_class >= 0)
-            pair_imgs = np.array([rng.choice(self.fm_by_class[int(c)]) for c in fm_class[pair_sel]], dtype=np.int64)
+            pair_imgs = np.array(
+                [rng.choice(self.fm_by_class[int(c)]) for c in fm_class[pair_sel]], dtype=np.int64
+            )
             all_imgs = np.concatenate([img_rows, pair_imgs])
             views = rng.integers(0, self.image_train.shape[0], size=len(all_imgs))
             mid = self.image_train[torch.from_numpy(views), torch.from_numpy(all_imgs)].to(dev).float()
@@ -246,7 +276,7 @@ class Trainer:
                 loss_pair = self._losses(out_pair, sentiment[sel], leaf[sel], department[sel])
                 loss = loss + cfg.pair_weight * loss_pair
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_([p for _, p in net.trainable_parameters()], 5.0)
             optimizer.step()
             scheduler.step()
@@ -291,16 +321,26 @@ class Trainer:
         c_probs = torch.softmax(c_logits, -1).cpu().numpy()
         metrics = {
             "val_sentiment_loss": float(F.cross_entropy(s_logits, y_sent)),
-            "val_text_category_loss": float(F.cross_entropy(c_logits[torch.from_numpy(known).to(dev)], torch.from_numpy(leaf[known]).to(dev))),
+            "val_text_category_loss": float(
+                F.cross_entropy(
+                    c_logits[torch.from_numpy(known).to(dev)], torch.from_numpy(leaf[known]).to(dev)
+                )
+            ),
             "val_image_category_loss": float(F.cross_entropy(i_logits, fm_leaf)),
             "val_sentiment_macro_f1": macro_f1(y, s_log_probs.argmax(1), 3),
             "val_sentiment_macro_f1_tuned": tuned,
-            "val_department_accuracy": accuracy(leaf_to_department(leaf[known]), department_predictions(c_probs[known])),
+            "val_department_accuracy": accuracy(
+                leaf_to_department(leaf[known]), department_predictions(c_probs[known])
+            ),
             "val_leaf_accuracy_reviews": accuracy(leaf[known], c_probs[known].argmax(1)),
-            "val_fmnist_accuracy": accuracy(fm_labels, fmnist_predictions(torch.softmax(i_logits, -1).cpu().numpy())),
+            "val_fmnist_accuracy": accuracy(
+                fm_labels, fmnist_predictions(torch.softmax(i_logits, -1).cpu().numpy())
+            ),
         }
         metrics["val_score"] = (
-            metrics["val_sentiment_macro_f1_tuned"] + metrics["val_department_accuracy"] + metrics["val_fmnist_accuracy"]
+            metrics["val_sentiment_macro_f1_tuned"]
+            + metrics["val_department_accuracy"]
+            + metrics["val_fmnist_accuracy"]
         )
         return metrics, {"sentiment_bias": bias, "val_log_probs": s_log_probs, "val_sentiment": y}
 
@@ -311,7 +351,11 @@ class Trainer:
         total = steps_per_epoch * cfg.epochs
         scheduler = linear_warmup(optimizer, total, max(1, int(cfg.warmup_frac * total)))
         history: list[dict[str, float]] = []
-        best_score, best_state, best_bias = -1.0, copy.deepcopy(self.net.tuned_state_dict()), np.zeros(3, np.float32)
+        best_score, best_state, best_bias = (
+            -1.0,
+            copy.deepcopy(self.net.tuned_state_dict()),
+            np.zeros(3, np.float32),
+        )
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             record: dict[str, float] = {"epoch": float(epoch)}
@@ -321,8 +365,10 @@ class Trainer:
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             tqdm.write(
-                f"epoch {epoch}: loss {record['train_loss']:.3f} | val sentiment macro-F1 {val['val_sentiment_macro_f1']:.3f}"
-                f" (tuned {val['val_sentiment_macro_f1_tuned']:.3f}) | department {val['val_department_accuracy']:.3f}"
+                f"epoch {epoch}: loss {record['train_loss']:.3f}"
+                f" | val sentiment macro-F1 {val['val_sentiment_macro_f1']:.3f}"
+                f" (tuned {val['val_sentiment_macro_f1_tuned']:.3f})"
+                f" | department {val['val_department_accuracy']:.3f}"
                 f" | Fashion-MNIST {val['val_fmnist_accuracy']:.3f} | {record['seconds']:.0f}s"
             )
             if val["val_score"] > best_score:
@@ -375,7 +421,7 @@ def evaluate_exported(
         "both": macro_f1(y_sent[pair_rows], both["sentiment"].argmax(1), 3),
         "text_only": macro_f1(y_sent[pair_rows], sent_pred[pair_rows], 3),
     }
-    # Embedding neighbourhoods: how often the nearest other test item shares the leaf (products of one kind close).
+    # Embedding neighbourhoods: how often the nearest other test image shares the class.
     emb = image_out["embedding"]
     sample = rng.choice(len(emb), size=min(2000, len(emb)), replace=False)
     sims = emb[sample] @ emb[sample].T
@@ -383,19 +429,19 @@ def evaluate_exported(
     nn_same = float(np.mean(fm_test.labels[sample][sims.argmax(1)] == fm_test.labels[sample]))
     metrics = {
         "reviews_test": {
-            "n": int(len(test_rows)),
+            "n": len(test_rows),
             "sentiment_macro_f1": macro_f1(y_sent, sent_pred, 3),
             "sentiment_accuracy": accuracy(y_sent, sent_pred),
             "department_accuracy": accuracy(y_dept, dept_pred),
             "leaf_accuracy": accuracy(leaf[known], text_out["category"][known].argmax(1)),
         },
         "fmnist_test": {
-            "n": int(len(fm_test)),
+            "n": len(fm_test),
             "accuracy": accuracy(fm_test.labels, fm_pred),
             "embedding_nearest_neighbour_same_class": nn_same,
         },
         "pairs_test": {
-            "n": int(len(pair_rows)),
+            "n": len(pair_rows),
             "leaf_accuracy": pairs,
             "sentiment_macro_f1": pairs_sent,
         },
@@ -413,18 +459,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fusion.train", description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, default=Path("runs/full"), help="history, plots, card of this run")
     p.add_argument(
-        "--export", type=Path, default=None,
-        help="model repository folder to write (e.g. triton_models/ecom_fusion); version folder 1 is replaced",
+        "--export",
+        type=Path,
+        default=None,
+        help="model repository folder to write (triton_models/ecom_fusion); its version folder 1 is replaced",
     )
     p.add_argument("--version-name", default="ecom_fusion-1.0")
-    p.add_argument("--smoke", action="store_true", help="a few hundred examples, one epoch: checks the pipeline")
-    p.add_argument("--preliminary", action="store_true", help="label the exported card as a preliminary version")
+    p.add_argument(
+        "--smoke", action="store_true", help="a few hundred examples, one epoch: checks the pipeline"
+    )
+    p.add_argument(
+        "--preliminary", action="store_true", help="label the exported card as a preliminary version"
+    )
     p.add_argument("--skip-baselines", action="store_true")
     for field_name, value in asdict(TrainConfig()).items():
         p.add_argument(f"--{field_name.replace('_', '-')}", type=type(value), default=None)
     for field_name, value in asdict(NetConfig()).items():
         if isinstance(value, int | float) and field_name != "num_leaves":
-            p.add_argument(f"--{field_name.replace('_', '-')}", type=type(value), default=None, dest=f"net_{field_name}")
+            p.add_argument(
+                f"--{field_name.replace('_', '-')}", type=type(value), default=None, dest=f"net_{field_name}"
+            )
     return p.parse_args(argv)
 
 
@@ -433,7 +487,13 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, NetConfig]
     net_cfg = NetConfig()
     if args.smoke:
         cfg = TrainConfig(
-            epochs=1, image_views=1, max_train_reviews=240, max_train_images=320, max_eval_reviews=120, max_eval_images=200
+            epochs=1,
+            image_views=1,
+            image_batch=32,
+            max_train_reviews=96,
+            max_train_images=128,
+            max_eval_reviews=48,
+            max_eval_images=64,
         )
         net_cfg = NetConfig(wide_buckets=1 << 12)
     for name in asdict(cfg):
@@ -471,8 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.max_eval_images:
         fm_test = fm_test.subset(_cap(np.arange(len(fm_test)), cfg.max_eval_images, rng))
     sizes = {
-        "reviews_train": len(split["train"]), "reviews_val": len(split["val"]), "reviews_test": len(split["test"]),
-        "fmnist_train": len(fm_split["train"]), "fmnist_val": len(fm_split["val"]), "fmnist_test": len(fm_test),
+        "reviews_train": len(split["train"]),
+        "reviews_val": len(split["val"]),
+        "reviews_test": len(split["test"]),
+        "fmnist_train": len(fm_split["train"]),
+        "fmnist_val": len(fm_split["val"]),
+        "fmnist_test": len(fm_test),
     }
     print("fusion.train: sizes " + json.dumps(sizes))
 
@@ -491,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     eval0 = time.perf_counter()
     tok2, served = load_tuned(version_dir, device)
     predictor = Predictor(tok2, served, device)
-    metrics, details = evaluate_exported(predictor, reviews, split["test"], fm_test, np.random.default_rng(cfg.seed + 1))
+    metrics, details = evaluate_exported(
+        predictor, reviews, split["test"], fm_test, np.random.default_rng(cfg.seed + 1)
+    )
     eval_seconds = time.perf_counter() - eval0
 
     base: dict[str, Any] = {}
@@ -509,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         "version_name": args.version_name,
         "preliminary": bool(args.preliminary or args.smoke),
         "smoke": bool(args.smoke),
-        "command": "python -m fusion.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m fusion.train "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "device": str(device),
         "torch_threads": cfg.threads,
         "torch": torch.__version__,
@@ -527,7 +594,13 @@ def main(argv: list[str] | None = None) -> int:
         "net_config": json.loads(net_cfg.to_json()),
         "sentiment_bias": [float(b) for b in bias],
     }
-    all_metrics = {"model": metrics, "baselines": base, "run": run_info, "categories": list(LEAF_NAMES)}
+    all_metrics = {
+        "model": metrics,
+        "baselines": base,
+        "run": run_info,
+        "categories": list(LEAF_NAMES),
+        "details": details,
+    }
     (out_dir / "history.json").write_text(json.dumps({"epochs": history, "run": run_info}, indent=2) + "\n")
     for target in {out_dir, version_dir}:
         (target / "metrics.json").write_text(json.dumps(all_metrics, indent=2) + "\n")

@@ -65,7 +65,9 @@ def send_concurrently(server: TritonServer, rows: list[tuple[bytes, bytes]]) -> 
     c = client(server)
     done: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
     for n, (text, image) in enumerate(rows):
-        c.async_infer(MODEL, inputs(text, image), callback=lambda result, error, n=n: done.put((n, result, error)))
+        c.async_infer(
+            MODEL, inputs(text, image), callback=lambda result, error, n=n: done.put((n, result, error))
+        )
     results: list[Any] = [None] * len(rows)
     for _ in rows:
         n, result, error = done.get(timeout=120)
@@ -85,7 +87,10 @@ def test_config_publishes_the_contract(triton: TritonServer) -> None:
     assert [int(d) for d in outputs["SENTIMENT"]["dims"]] == [3]
     assert [int(d) for d in outputs["EMBEDDING"]["dims"]] == [int(params["embedding_dim"])]
     assert params["model_version_name"]
-    assert {i["name"]: i["data_type"] for i in config["input"]} == {"TEXT": "TYPE_STRING", "IMAGE": "TYPE_STRING"}
+    assert {i["name"]: i["data_type"] for i in config["input"]} == {
+        "TEXT": "TYPE_STRING",
+        "IMAGE": "TYPE_STRING",
+    }
 
 
 def test_predictions_match_the_training_side_code(triton: TritonServer, held_out: dict[str, Any]) -> None:
@@ -100,7 +105,11 @@ def test_predictions_match_the_training_side_code(triton: TritonServer, held_out
     size = net.config.image_size
     expected = predictor.predict(
         [*texts, *([None] * len(images)), *texts[:3]],
-        [*([None] * len(texts)), *(prepare_image(i, size) for i in images), *(prepare_image(i, size) for i in images[:3])],
+        [
+            *([None] * len(texts)),
+            *(prepare_image(i, size) for i in images),
+            *(prepare_image(i, size) for i in images[:3]),
+        ],
     )
     for n, result in enumerate(results):
         assert not isinstance(result, Exception), f"request {n} failed: {result}"
@@ -117,10 +126,17 @@ def bomb_png(width: int, height: int) -> bytes:
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
-def test_bad_requests_fail_alone_inside_a_concurrent_batch(triton: TritonServer, held_out: dict[str, Any]) -> None:
+def test_bad_requests_fail_alone_inside_a_concurrent_batch(
+    triton: TritonServer, held_out: dict[str, Any]
+) -> None:
     good_image = png(held_out["images"][0])
     limits = InputLimits()
     bad = {

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.network import FusionNet, NetConfig, Predictor, build_net, load_text_encoder, load_tuned, save_tuned
+from fusion.network import (
+    FusionNet,
+    NetConfig,
+    Predictor,
+    build_net,
+    load_text_encoder,
+    load_tuned,
+    save_tuned,
+)
 from fusion.preprocess import prepare_image
 from fusion.taxonomy import NUM_LEAVES
 
@@ -79,11 +87,15 @@ def test_one_modality_passes_through_the_gate_unchanged(built: tuple[Any, Fusion
     with torch.no_grad():
         alone = net.fuse(feat, None)
         # Image features present but flagged absent are ignored entirely.
-        masked = net.fuse_masked(feat, torch.ones(4), torch.randn(4, net.image.dim) * 100, torch.zeros(4), None)
+        masked = net.fuse_masked(
+            feat, torch.ones(4), torch.randn(4, net.image.dim) * 100, torch.zeros(4), None
+        )
     torch.testing.assert_close(alone["embedding"], masked["embedding"])
 
 
-def test_only_the_fine_tuned_tensors_are_saved_and_they_reload(built: tuple[Any, FusionNet], tmp_path: Path) -> None:
+def test_only_the_fine_tuned_tensors_are_saved_and_they_reload(
+    built: tuple[Any, FusionNet], tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
     tokenizer, net = built

@@ -39,7 +39,9 @@ def product(dark_background: bool = True, shape: tuple[int, int] = (28, 28)) -> 
 
 
 def test_text_is_decoded_and_normalised() -> None:
-    assert decode_text("  Lovely\n dress\u0301 ".encode(), LIMITS) == "Lovely dress\u0301".replace("s\u0301", "\u015b")
+    assert decode_text("  Lovely\n dress\u0301 ".encode(), LIMITS) == "Lovely dress\u0301".replace(
+        "s\u0301", "\u015b"
+    )
 
 
 def test_text_that_is_not_utf8_is_rejected() -> None:
@@ -176,5 +178,8 @@ def test_transparent_background_counts_as_white() -> None:
 def test_wide_features_are_words_and_bigrams_with_stable_hashes() -> None:
     assert wide_tokens("Don't LOVE it!") == ["don't", "love", "it", "don't love", "love it"]
     # crc32, not Python's per-process salted hash(): identical across processes and machines.
-    assert wide_ids("love it", 1 << 18) == [zlib.crc32(b"love") % (1 << 18), zlib.crc32(b"it") % (1 << 18),
-                                           zlib.crc32(b"love it") % (1 << 18)]
+    assert wide_ids("love it", 1 << 18) == [
+        zlib.crc32(b"love") % (1 << 18),
+        zlib.crc32(b"it") % (1 << 18),
+        zlib.crc32(b"love it") % (1 << 18),
+    ]

@@ -16,11 +16,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from fusion.errors import FusionError  # noqa: E402
-from fusion.serving import FusionService, as_bytes, config_parameters, limits_from_parameters  # noqa: E402
+from fusion.errors import FusionError
+from fusion.serving import FusionService, as_bytes, config_parameters, limits_from_parameters
 
 try:  # only importable inside tritonserver's Python stub
     import triton_python_backend_utils as pb_utils
@@ -53,10 +53,14 @@ class TritonPythonModel:
         threads = int(params.get("torch_threads", "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
-        device = pick_device(args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", "0"))
+        device = pick_device(
+            args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", "0")
+        )
         self.service = FusionService(Path(__file__).resolve().parent, device, limits_from_parameters(params))
         self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
+            name: pb_utils.triton_string_to_numpy(
+                pb_utils.get_output_config_by_name(config, name)["data_type"]
+            )
             for name in OUTPUTS
         }
         self.logger = pb_utils.Logger
