@@ -275,6 +275,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
 
 
 def write_plot(data: dict[str, Any], path: Path) -> None:
+    """Per kind: throughput against load, Triton's latency against load, the stream's against load."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,9 +284,9 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
     kinds = list(data.get("summary", {}) or data.get("triton", {}) or {})
     if not kinds:
         return
-    fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 9), squeeze=False)
+    fig, axes = plt.subplots(3, len(kinds), figsize=(6.5 * len(kinds), 13), squeeze=False)
     for col, kind in enumerate(kinds):
-        top, bottom = axes[0][col], axes[1][col]
+        top, middle, bottom = axes[0][col], axes[1][col], axes[2][col]
         summary = data.get("summary", {}).get(kind, {})
         points = data.get("triton", {}).get(kind, [])
         singles = [p for p in points if p["rows_per_request"] == 1]
@@ -297,51 +298,58 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
             if series:
                 x = [p["rows_in_flight"] for p in series]
                 top.plot(x, [p["rows_per_s"] for p in series], marker=marker, label=label)
-                bottom.plot(x, [p["latency"]["p50_ms"] for p in series], marker=marker, label=f"{label} p50")
-                bottom.plot(
+                line = middle.plot(
+                    x, [p["latency"]["p50_ms"] for p in series], marker=marker, label=f"{label} p50"
+                )
+                middle.plot(
                     x,
                     [p["latency"]["p99_ms"] for p in series],
                     marker=marker,
                     linestyle="--",
+                    color=line[0].get_color(),
                     label=f"{label} p99",
                 )
         for value, label, style in (
-            (summary.get("model_items_per_s"), "model in-process", "-"),
-            (summary.get("stream_events_per_s"), "stream (saturated)", "--"),
-            (summary.get("naive_events_per_s"), "naive stream (saturated)", ":"),
+            (summary.get("model_items_per_s"), "model in-process (best batch)", "-"),
+            (summary.get("stream_events_per_s"), "stream, saturated", "--"),
+            (summary.get("naive_events_per_s"), "naive stream, saturated", ":"),
         ):
             if value:
-                top.axhline(value, linestyle=style, color="grey" if "model" in label else None, label=label)
-        top.set_xscale("log", base=2)
-        top.set_xlabel("rows in flight (Triton alone)")
-        top.set_ylabel("rows or events per second")
+                top.axhline(value, linestyle=style, color="black", label=label)
+        for ax, ylabel in ((top, "rows or events per second"), (middle, "request latency, ms")):
+            if ax.has_data():
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel("rows in flight (Triton alone: concurrency x rows per request)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        top.set_ylim(bottom=0)
         top.set_title(f"{kind}: throughput against load")
-        top.legend(fontsize=8)
-        top.grid(alpha=0.3)
-        bottom.set_xscale("log", base=2)
-        bottom.set_yscale("log")
-        bottom.set_xlabel("rows in flight (Triton alone)")
-        bottom.set_ylabel("latency, ms")
-        bottom.grid(alpha=0.3)
-        ax2 = bottom.twiny()
-        for key, label, color in (("stream", "stream", "black"), ("naive", "naive stream", "red")):
-            paced = data.get(key, {}).get("kinds", {}).get(kind, {}).get("paced", [])
+        middle.set_title(f"{kind}: Triton alone, latency against load")
+        for key, label, color in (("stream", "stream", "tab:blue"), ("naive", "naive stream", "tab:red")):
+            section = data.get(key, {}).get("kinds", {}).get(kind, {})
+            paced = section.get("paced", [])
             if paced:
                 x = [p["offered_events_per_s"] for p in paced]
                 for q, style in (("p50_ms", "-"), ("p95_ms", "-."), ("p99_ms", ":")):
-                    ax2.plot(
+                    bottom.plot(
                         x,
                         [p["latency"][q] for p in paced],
                         color=color,
                         linestyle=style,
                         marker="x",
-                        label=f"{label} {q[:3]} (top axis: offered events/s)",
+                        label=f"{label} {q[:3]}",
                     )
-        ax2.set_xlabel("offered events/s (stream, event to enriched)")
-        handles = bottom.get_legend_handles_labels()
-        handles2 = ax2.get_legend_handles_labels()
-        bottom.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7)
-        bottom.set_title(f"{kind}: latency against load", pad=28)
+            capacity = section.get("saturated", {}).get("events_per_s")
+            if capacity:
+                bottom.axvline(capacity, color=color, alpha=0.4, label=f"{label} saturated rate")
+        bottom.set_xlabel("offered events per second")
+        bottom.set_ylabel("event to enriched, ms")
+        bottom.set_title(f"{kind}: stream latency against load")
+        bottom.grid(alpha=0.3)
+        if bottom.has_data():
+            bottom.set_ylim(bottom=0)
+            bottom.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
