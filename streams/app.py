@@ -1,16 +1,25 @@
-"""The Faust app: topics, tables, the three agents, health and metrics pages. The topology reads here.
+"""The Faust app: topics, tables, the agents, health and metrics pages. The topology reads here.
 
-Each agent runs `concurrency` actors over its input topic. An actor takes an event, records its offset
-as in flight, lets `Pipeline.handle` enrich it (inference goes through a shared micro-batcher, so the
-actors' rows travel together) and publish the output or the dead letter, awaits the broker's
+Each input agent runs `concurrency` actors over its input topic. An actor takes an event, records its
+offset as in flight, lets `Pipeline.handle` enrich it (inference goes through a shared micro-batcher, so
+the actors' rows travel together) and publish the output or the dead letter, awaits the broker's
 acknowledgement, and only then marks the offset finished and asks for the next event. The commit rule
 in `streams.offsets` turns that into at-least-once with any concurrency.
+
+The clickstream agent has one actor that hands each click, already recorded as in flight, to a
+`KeyedOrder`: clicks of one key (user) run one after another in partition order, clicks of different
+users run concurrently (at most `ECOM_CLICK_CONCURRENCY` at once). Two more agents keep the
+recommender's global state (streams.recommendations): one applies the item updates that clicks send to
+the internal topic (in batches), one indexes the embeddings published on `product-categories`. Each
+waits for its table writes to be delivered before it takes the next event or batch, which is when
+Faust acks the previous one, so Faust's own ack order is exact for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,10 +35,19 @@ from streams.lifecycle import Lifecycle
 from streams.logs import current_coords
 from streams.offsets import InFlight, SafeCommitTransport
 from streams.pipeline import Pipeline, PipelineConfig, Publisher
-from streams.recommendations import RecentPopular, Recommender
+from streams.recommend.lanes import KeyedOrder
+from streams.recommendations import (
+    ITEM_BATCH_MAX,
+    ITEM_BATCH_WITHIN_S,
+    Recommender,
+    RecommenderParts,
+    build_recommender,
+    install_pages,
+    track_writes,
+)
 from streams.records import SourceRecord
 from streams.settings import Settings
-from streams.topics import TABLES, TopicNames, ssl_context
+from streams.topics import TopicNames, ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +110,7 @@ class Services:
     model: ModelClient
     inference: InferenceService
     recommender: Recommender
+    recommend: RecommenderParts
     publisher: Publisher
     pipeline: Pipeline
     health: Health
@@ -141,13 +160,15 @@ class FaustPublisher:
             self._topics[name] = self.app.topic(name, **RAW)
         return self._topics[name]
 
-    async def publish(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
         from streams import metrics
 
         attempt = 0
         while True:
             try:
-                pending = await self._topic(topic).send(key=key, value=value)
+                pending = await self._topic(topic).send(key=key, value=value, partition=partition)
                 await asyncio.wait_for(asyncio.shield(pending), self.timeout)
             except (asyncio.CancelledError, ShuttingDown):
                 raise
@@ -160,11 +181,6 @@ class FaustPublisher:
                 continue
             metrics.EVENTS_PRODUCED.labels(topic).inc()
             return
-
-
-def build_recommender(settings: Settings, recent: Any) -> Recommender:
-    """The one place that picks the recommender (the real one in streams/recommend/ plugs in here)."""
-    return RecentPopular(recent, settings.recent_items_per_user)
 
 
 def create_app(
@@ -211,16 +227,15 @@ def create_app(
     )
     lifecycle = Lifecycle()
     inference = InferenceService.from_settings(settings, model, sleep=lifecycle.sleep)
-    (table_name,) = TABLES
-    recent = app.Table(table_name, default=list, partitions=settings.partitions)
-    recommender = build_recommender(settings, recent)
     publisher = publisher or FaustPublisher(app, settings, retry)
+    parts = build_recommender(app, settings, publisher)
+    recommender = parts.recommender
     pipeline = Pipeline(
         PipelineConfig.from_settings(settings), names, inference, recommender, publisher, retry=retry
     )
     health = Health(settings, app, model)
     app.services = Services(
-        settings, names, model, inference, recommender, publisher, pipeline, health, lifecycle
+        settings, names, model, inference, recommender, parts, publisher, pipeline, health, lifecycle
     )
 
     def agent_body(name: str) -> Any:
@@ -231,25 +246,69 @@ def create_app(
         run.__name__ = name
         return run
 
-    topics = {
-        names.reviews: settings.agent_concurrency,
-        names.product_uploads: settings.agent_concurrency,
-        names.clickstream: settings.click_concurrency,
-    }
-    for topic_name, concurrency in topics.items():
+    for topic_name in (names.reviews, names.product_uploads):
         channel = app.topic(topic_name, partitions=settings.partitions, **RAW)
         agent_name = f"enrich-{topic_name}"
+        concurrency = settings.agent_concurrency
         app.agent(channel, name=agent_name, concurrency=concurrency, sink=None)(agent_body(agent_name))
 
+    async def click(record: SourceRecord, event: Any) -> None:
+        # The job holds `event` until the click is done: Faust finds the event a table write belongs
+        # to (its partition is the changelog's) through a weak reference in a context variable, which
+        # the job's task inherited from the agent when it was submitted.
+        track_writes()  # the user state's changelog write is delivered before the recommendation
+        await finish(app, record)
+        del event
+
+    async def clicks(stream: faust.StreamT[bytes]) -> None:
+        order = KeyedOrder(settings.click_concurrency)
+        try:
+            async for event in stream.events():
+                record = take(app, event)  # in flight from here: nothing past it is committed
+                await order.submit(record.key, functools.partial(click, record, event))
+        finally:
+            # Stopping: clicks still in progress stay in flight (uncommitted) for the next owner.
+            await order.cancel()
+
+    clicks_name = f"enrich-{names.clickstream}"
+    clicks.__name__ = clicks_name
+    channel = app.topic(names.clickstream, partitions=settings.partitions, **RAW)
+    app.agent(channel, name=clicks_name, concurrency=1, sink=None)(clicks)
+
+    async def item_updates(stream: Any) -> None:  # a faust Stream (StreamT lacks take_events)
+        # In batches (each row written once per batch); the batch's table writes are delivered before
+        # the next batch is asked for, which is when Faust acks this one.
+        async for events in stream.take_events(ITEM_BATCH_MAX, within=ITEM_BATCH_WITHIN_S):
+            await parts.apply_item_updates([source_record(e) for e in events])
+
+    channel = app.topic(parts.item_updates_topic, partitions=settings.partitions, **RAW)
+    app.agent(channel, name="recommend-item-updates", concurrency=1, sink=None)(item_updates)
+
+    async def embeddings(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            record = source_record(event)
+            current_coords.set(record.coords)
+            await parts.put_embedding(record)
+
+    channel = app.topic(names.product_categories, partitions=settings.partitions, **RAW)
+    app.agent(channel, name="recommend-embeddings", concurrency=1, sink=None)(embeddings)
+
+    @app.timer(interval=settings.embedding_sync_interval_s)  # type: ignore[untyped-decorator]
+    async def index_embeddings() -> None:
+        # Embeddings other workers wrote reach this worker's global table without passing an agent.
+        added = parts.sink.sync()
+        if added:
+            log.info("indexed %d product embeddings written by other workers", added)
+
+    install_pages(app, parts)
     health.install(app)
 
     return app
 
 
-async def process(app: EnrichmentApp, event: Any) -> None:
-    """One event: in flight until its output or dead letter is delivered (see streams.offsets)."""
+def source_record(event: Any) -> SourceRecord:
     message = event.message
-    record = SourceRecord(
+    return SourceRecord(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
@@ -257,9 +316,24 @@ async def process(app: EnrichmentApp, event: Any) -> None:
         value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
         timestamp=message.timestamp,
     )
-    tp = TP(record.topic, record.partition)
+
+
+async def process(app: EnrichmentApp, event: Any) -> None:
+    """One event: in flight until its output or dead letter is delivered (see streams.offsets)."""
+    await finish(app, take(app, event))
+
+
+def take(app: EnrichmentApp, event: Any) -> SourceRecord:
+    """Record the event as in flight, before its agent asks for the next one (which acks this one)."""
+    record = source_record(event)
     current_coords.set(record.coords)  # every log line about this event carries its coordinates
-    app.in_flight.start(tp, record.offset)
+    app.in_flight.start(TP(record.topic, record.partition), record.offset)
+    return record
+
+
+async def finish(app: EnrichmentApp, record: SourceRecord) -> None:
+    """Enrich and deliver; the offset is finished only once the output or dead letter is delivered."""
+    tp = TP(record.topic, record.partition)
     try:
         await app.services.pipeline.handle(record)
     except asyncio.CancelledError:

@@ -151,11 +151,15 @@ class ProductCategory(_Output):
     embedding: list[float]
 
 
+RecommendationSource = Literal["history", "cooccurrence", "content", "popular"]
+
+
 class ScoredItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     product_id: str
     score: float
+    source: RecommendationSource = Field(description="the source that contributes most to the score")
 
 
 class Recommendation(_Output):
@@ -167,6 +171,10 @@ class Recommendation(_Output):
     action: ClickAction
     model: ModelRef
     items: list[ScoredItem]
+    latency_ms: float = Field(
+        description="click to publish: from the click's record time on the clickstream (when it was "
+        "produced; its ts when the record has none) to processed_ts, in milliseconds"
+    )
 
 
 # --- Dead letters --------------------------------------------------------------------------------

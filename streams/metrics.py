@@ -38,5 +38,7 @@ INFERENCE_IN_FLIGHT = Gauge("ecom_inference_in_flight", "Inference requests awai
 CONSUMER_LAG = Gauge("ecom_consumer_lag", "Log end offset minus committed offset", ["topic", "partition"])
 DEPENDENCY_UP = Gauge("ecom_dependency_up", "1 when the dependency answered its last probe", ["dependency"])
 RECOMMENDATION_LATENCY = Histogram(
-    "ecom_recommendation_latency_seconds", "From a click's ts to its recommendation", buckets=LATENCY_BUCKETS
+    "ecom_recommendation_latency_seconds",
+    "From a click's arrival on the clickstream (its record time) to the delivery of its recommendation",
+    buckets=LATENCY_BUCKETS,
 )

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
@@ -42,8 +42,12 @@ Outcome = Literal["enriched", "dead_lettered"]
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Return once the broker has acknowledged the record; retry transient failures meanwhile."""
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        """Return once the broker has acknowledged the record; retry transient failures meanwhile.
+
+        `partition`: an explicit partition (the recommender's internal topic); else the key decides."""
         ...
 
 
@@ -53,6 +57,7 @@ class Result:
     key: bytes
     event: BaseModel
     source_ts: datetime
+    received_ts: datetime | None = None  # a click's record time: its recommendation latency starts here
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Pipeline:
         latency = max(0.0, (self.clock() - result.source_ts).total_seconds())
         metrics.END_TO_END_LATENCY.labels(topic).observe(latency)
         if topic == self.topics.clickstream:
-            metrics.RECOMMENDATION_LATENCY.observe(latency)
+            since = (self.clock() - (result.received_ts or result.source_ts)).total_seconds()
+            metrics.RECOMMENDATION_LATENCY.observe(max(0.0, since))
         metrics.EVENTS_PROCESSED.labels(topic, "enriched").inc()
         return "enriched"
 
@@ -172,6 +178,11 @@ class Pipeline:
     async def _click(self, record: SourceRecord) -> Result:
         event = parse_event(ClickEvent, record.value, self.config.limits.max_message_bytes)
         items = await self.recommender.recommend(event, self.config.recommendations_k)
+        # Latency counts from when the click reached the clickstream, not from its `ts`: a replay (or a
+        # shop's batch upload) keeps the original click times.
+        stamp = record.timestamp
+        received = datetime.fromtimestamp(stamp, UTC) if stamp is not None and stamp > 0 else event.ts
+        processed = self.clock()
         out = Recommendation(
             event_id=event.event_id,
             user_id=event.user_id,
@@ -181,6 +192,7 @@ class Pipeline:
             model=self.recommender.model,
             items=items,
             source_ts=event.ts,
-            processed_ts=self.clock(),
+            processed_ts=processed,
+            latency_ms=round(max(0.0, (processed - received).total_seconds()) * 1000.0, 3),
         )
-        return Result(self.topics.recommendations, event.user_id.encode(), out, event.ts)
+        return Result(self.topics.recommendations, event.user_id.encode(), out, event.ts, received)

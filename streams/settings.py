@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     # --- Agents -----------------------------------------------------------------------------------
     agent_concurrency: int = Field(default=64, ge=1, description="events in progress per inference agent")
     click_concurrency: int = Field(
-        default=1, ge=1, description="clickstream: 1 keeps each shopper's clicks in order"
+        default=32,
+        ge=1,
+        description="clicks in progress at once; each shopper's clicks still run one after another",
     )
 
     # --- Limits (violations are dead-lettered) ----------------------------------------------------
@@ -83,7 +85,9 @@ class Settings(BaseSettings):
     # --- Outputs ------------------------------------------------------------------------------------
     top_k_categories: int = Field(default=5, ge=1)
     recommendations_k: int = Field(default=10, ge=1)
-    recent_items_per_user: int = Field(default=20, ge=1)
+    embedding_sync_interval_s: float = Field(
+        default=5.0, gt=0, description="how often embeddings written by other workers are indexed"
+    )
 
     # --- Operations ---------------------------------------------------------------------------------
     web_port: int = Field(default=6066, ge=1, le=65535)

@@ -19,7 +19,18 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 # Faust tables of the app (name -> changelog suffix); a unit test checks this against the app itself.
-TABLES = ("user-recent",)
+# The recommender's (docs/recommendations.md): the user table is co-partitioned with the clickstream,
+# the others are global tables written from the internal item topic and from product-categories.
+TABLE_USERS = "recommend-users"
+TABLE_NEIGHBOURS = "recommend-neighbours"
+TABLE_ITEM_STATS = "recommend-item-stats"
+TABLE_POPULAR = "recommend-popular"
+TABLE_EMBEDDINGS = "recommend-embeddings"
+TABLES = (TABLE_USERS, TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR, TABLE_EMBEDDINGS)
+# Internal topics (named after the app id, like the changelogs): the recommender's item updates,
+# routed by item so that every item's rows have one writer.
+ITEM_UPDATES = "recommend-item-updates"
+INTERNAL_TOPICS = (ITEM_UPDATES,)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,11 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
+def internal_topic(settings: Settings, name: str) -> str:
+    """An internal topic of the app (one per app id, like the changelogs)."""
+    return f"{settings.app_id}-{name}"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -83,6 +99,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs += [
         TopicSpec(changelog_topic(settings, table), n, rf, {"cleanup.policy": "compact"}) for table in TABLES
     ]
+    specs += [TopicSpec(internal_topic(settings, name), n, rf) for name in INTERNAL_TOPICS]
     return specs
 
 
@@ -126,15 +143,18 @@ async def create_topics(settings: Settings, *, create: bool = True, wait_s: floa
     """Create the topics that do not exist yet (with ECOM_PARTITIONS partitions), check the others.
 
     Topics that already exist keep their partition count (the service never deletes or repartitions a
-    topic); a count other than ECOM_PARTITIONS is logged. The table's changelog follows the clickstream's
-    actual count, so a worker also runs on topics someone else created; a changelog that exists with
-    another count raises `TopicSetupError`. With `create=False` nothing is created and a missing topic
-    raises.
+    topic); a count other than ECOM_PARTITIONS is logged. The tables' changelogs and the internal topic
+    follow the clickstream's actual count, so a worker also runs on topics someone else created; a
+    changelog that exists with another count, or a product-categories topic with another count (the
+    embeddings table is written from it), raises `TopicSetupError`. With `create=False` nothing is
+    created and a missing topic raises.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     names = TopicNames.from_settings(settings)
+    # Everything a table is written from or to follows the clickstream's real partition count.
     changelogs = {changelog_topic(settings, table) for table in TABLES}
+    changelogs |= {internal_topic(settings, name) for name in INTERNAL_TOPICS}
     specs = topic_specs(settings)
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(wait_s * 1000))
     await admin.start()
@@ -175,6 +195,13 @@ async def create_topics(settings: Settings, *, create: bool = True, wait_s: floa
                     f"{spec.name} has {counts[spec.name]} partitions but {names.clickstream} has "
                     f"{counts[names.clickstream]}: a table's changelog must match its source topic "
                     "(delete the changelog, or use a new ECOM_APP_ID)"
+                )
+            if spec.name == names.product_categories and counts[spec.name] != counts[names.clickstream]:
+                # The embeddings table is written while reading product-categories (Faust writes a
+                # table's changelog partition = the partition of the event being processed).
+                raise TopicSetupError(
+                    f"{spec.name} has {counts[spec.name]} partitions but {names.clickstream} has "
+                    f"{counts[names.clickstream]}: the recommender's tables need the same count on both"
                 )
             if counts[spec.name] != settings.partitions and spec not in missing:
                 log.warning(

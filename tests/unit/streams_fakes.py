@@ -60,7 +60,9 @@ class RecordingPublisher:
         self.failures = failures
         self._changed = asyncio.Condition()
 
-    async def publish(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
         async with self._changed:
             self.sent.append((topic, key, orjson.loads(value)))
             self._changed.notify_all()

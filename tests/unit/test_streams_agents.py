@@ -8,13 +8,24 @@ import orjson
 import pytest
 from streams_fakes import FakeModel, RecordingPublisher
 
+from streams import recommendations
 from streams.app import EnrichmentApp, create_app
 from streams.settings import Settings
-from streams.topics import TABLES, changelog_topic, topic_specs
+from streams.topics import (
+    TABLE_ITEM_STATS,
+    TABLE_NEIGHBOURS,
+    TABLE_USERS,
+    changelog_topic,
+    topic_specs,
+)
 
 
 @pytest.fixture
-async def app_and_publisher() -> AsyncIterator[tuple[EnrichmentApp, RecordingPublisher, FakeModel]]:
+async def app_and_publisher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[EnrichmentApp, RecordingPublisher, FakeModel]]:
+    # No broker here: the tables' changelog writes stay in Faust's buffer; count them as delivered.
+    monkeypatch.setattr(recommendations, "delivered", no_wait)
     settings = Settings(kafka_bootstrap="kafka://127.0.0.1:1", topic_prefix="t-", batch_linger_ms=20)
     model, publisher = FakeModel(), RecordingPublisher()
     app = create_app(settings, model=model, publisher=publisher)
@@ -27,6 +38,10 @@ async def app_and_publisher() -> AsyncIterator[tuple[EnrichmentApp, RecordingPub
     consumer = getattr(app, "_consumer", None)
     if consumer is not None:
         consumer._thread.thread_loop.close()
+
+
+async def no_wait() -> None:
+    return None
 
 
 def review(i: int, text: str) -> bytes:
@@ -71,7 +86,7 @@ async def test_bad_review_goes_to_its_dead_letter_topic_and_the_agent_goes_on(
     assert [o["event_id"] for o in publisher.on("t-review-sentiment")] == ["e2"]
 
 
-async def test_click_agent_keeps_recent_items_in_its_table(
+async def test_click_agent_keeps_each_users_order_and_state_in_its_table(
     app_and_publisher: tuple[EnrichmentApp, RecordingPublisher, FakeModel],
 ) -> None:
     app, publisher, _ = app_and_publisher
@@ -88,12 +103,43 @@ async def test_click_agent_keeps_recent_items_in_its_table(
                 "ts": 0,
             }
             await ctx.put(orjson.dumps(click), key=user.encode())
-        await publisher.wait_for(4)
+        await publisher.wait_for(4 + 3)  # four recommendations, three item-update messages
     recs = publisher.on("t-recommendations")
-    assert [r["event_id"] for r in recs] == ["c0", "c1", "c2", "c3"]
-    assert [i["product_id"] for i in recs[-1]["items"]] == ["b"]
-    (table_name,) = TABLES
-    assert app.tables[table_name]["u1"] == ["a", "c"]
+    by_user = {u: [r["event_id"] for r in recs if r["user_id"] == u] for u in ("u1", "u2")}
+    assert by_user == {"u1": ["c0", "c3"], "u2": ["c1", "c2"]}
+    assert all(r["latency_ms"] >= 0 for r in recs)
+    assert app.tables[TABLE_USERS]["u1"]["s"] == [["a", 1.0], ["c", 1.0]]
+    assert len(app.in_flight) == 0
+
+
+async def test_item_updates_from_clicks_reach_the_global_tables(
+    app_and_publisher: tuple[EnrichmentApp, RecordingPublisher, FakeModel],
+) -> None:
+    app, publisher, _ = app_and_publisher
+    updates_topic = app.services.recommend.item_updates_topic
+    async with app.agents["enrich-t-clickstream"].test_context() as ctx:
+        for i, product in enumerate(("chips", "salsa")):
+            click = {
+                "event_id": f"c{i}",
+                "user_id": "u",
+                "session_id": "s",
+                "product_id": product,
+                "action": "add_to_cart",
+                "ts": 0,
+            }
+            await ctx.put(orjson.dumps(click), key=b"u")
+        await publisher.wait_for(2 + 1)  # the second click sends two item updates to one partition
+    sent = [(k, v) for t, k, v in publisher.sent if t == updates_topic]
+    assert [sorted(u["item"] for u in v["updates"]) for _, v in sent] == [["chips"], ["chips", "salsa"]]
+    async with app.agents["recommend-item-updates"].test_context() as ctx:
+        for key, value in sent:
+            await ctx.put(orjson.dumps(value), key=key)
+        await ctx.put(b"not json", key=b"p0")  # logged, not applied, the agent goes on
+    # Stored versioned: [version, value] (streams.recommend.versioned).
+    assert app.tables[TABLE_NEIGHBOURS]["chips"] == [1, {"salsa": [1.0, 0.0]}]
+    assert (
+        app.tables[TABLE_ITEM_STATS]["salsa"][0] == 1 and app.tables[TABLE_ITEM_STATS]["salsa"][1][0] == 1.0
+    )
 
 
 async def test_every_table_changelog_is_created_explicitly() -> None:

@@ -17,7 +17,7 @@ from streams.errors import ShuttingDown
 from streams.inference import InferenceService, RetryPolicy
 from streams.lifecycle import Lifecycle
 from streams.pipeline import Pipeline, PipelineConfig
-from streams.recommendations import RecentPopular
+from streams.recommend.service import in_memory_recommender
 from streams.records import SourceRecord
 from streams.sample import SampleEvent, broken_events
 from streams.topics import TopicNames
@@ -44,7 +44,7 @@ def make_pipeline(
         PipelineConfig(limits=limits or Limits(), top_k_categories=2),
         NAMES,
         inference,
-        RecentPopular({}, recent_n=5),
+        in_memory_recommender(),
         publisher,
         retry=RetryPolicy(0.001, 0.01, 3),
     )
@@ -175,7 +175,7 @@ async def test_a_stopping_worker_leaves_waiting_events_unfinished_not_dead_lette
         PipelineConfig(limits=Limits()),
         NAMES,
         inference,
-        RecentPopular({}, 5),
+        in_memory_recommender(),
         publisher,
         retry=retry,
         sleep=lifecycle.sleep,

@@ -1,12 +1,10 @@
-"""Settings from the environment, topic names and specs, the recommender's baseline."""
+"""Settings from the environment, topic names and specs."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from streams.events import ClickEvent
-from streams.recommendations import RecentPopular
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options, topic_specs
 
@@ -49,29 +47,3 @@ def test_every_input_has_a_dead_letter_topic_and_all_share_the_partition_count()
     assert set(names.outputs) <= set(specs)
     assert {s.partitions for s in specs.values()} == {6}
     assert names.output_for(names.clickstream) == "x.recommendations"
-
-
-async def test_recent_popular_recommends_popular_items_the_user_has_not_touched() -> None:
-    recent: dict[str, list[str]] = {}
-    rec = RecentPopular(recent, recent_n=2)
-
-    def click(user: str, product: str, action: str = "add_to_cart") -> ClickEvent:
-        return ClickEvent.model_validate(
-            {
-                "event_id": "e",
-                "user_id": user,
-                "session_id": "s",
-                "product_id": product,
-                "action": action,
-                "ts": 0,
-            }
-        )
-
-    assert await rec.recommend(click("a", "milk", "purchase"), k=3) == []
-    await rec.recommend(click("b", "bread"), k=3)
-    items = await rec.recommend(click("c", "eggs", "view"), k=3)
-    assert [i.product_id for i in items] == ["milk", "bread"]
-    assert items[0].score == 1.0 and 0 < items[1].score < 1
-    await rec.recommend(click("c", "milk"), k=3)
-    await rec.recommend(click("c", "tea"), k=3)
-    assert recent["c"] == ["milk", "tea"]  # bounded, most recent last

@@ -1,0 +1,182 @@
+"""The service side of the recommender without Kafka: routing and batching of item updates, versioned
+replicated values, the recommendation event a click becomes."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from streams_fakes import FakeModel, RecordingPublisher
+
+from streams.events import ClickEvent, Recommendation
+from streams.inference import InferenceService, RetryPolicy
+from streams.pipeline import Pipeline, PipelineConfig
+from streams.recommend.config import RecommenderConfig
+from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, partition_of
+from streams.recommend.errors import CorruptState, InvalidEmbedding
+from streams.recommend.service import (
+    ItemUpdateApplier,
+    decode_updates,
+    encode_updates,
+    in_memory_recommender,
+    route_updates,
+)
+from streams.recommend.versioned import Versioned, is_newer
+from streams.recommendations import embedding_of
+from streams.records import SourceRecord
+from streams.topics import TopicNames
+from streams.validation import Limits
+
+CFG = RecommenderConfig(k=5)
+
+
+def shopping(seed: int, clicks: int = 400) -> list[Click]:
+    """Baskets over a small catalogue, with repeat buyers: rows fill, items recur, carts overlap."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(clicks):
+        user = f"u{rng.randrange(12)}"
+        session = f"{user}-s{n // 9}"
+        product = f"p{min(rng.randrange(40), rng.randrange(40))}"  # skewed: some items are popular
+        out.append(Click(f"e{n}", user, session, product, rng.choice(["add_to_cart", "view"]), float(n)))
+    return out
+
+
+def updates_of(clicks: list[Click]) -> list[list[ItemUpdate]]:
+    rec = LocalRecommender(CFG)
+    return [rec.observe(c)[1] for c in clicks]
+
+
+def test_each_item_always_goes_to_the_same_partition_and_nothing_is_lost() -> None:
+    for updates in updates_of(shopping(1)):
+        routed = route_updates(updates, 4)
+        assert len(routed) <= 4
+        sent = [(p, u["item"]) for p, values in routed.items() for u in values]
+        assert sorted(item for _, item in sent) == sorted(u.item for u in updates)
+        assert all(p == partition_of(item, 4) for p, item in sent)
+        for values in routed.values():
+            assert decode_updates(encode_updates(values)) == values
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"updates": 3}', b'{"updates": [1]}'])
+def test_a_corrupt_internal_message_is_refused(raw: bytes) -> None:
+    with pytest.raises(CorruptState):
+        decode_updates(raw)
+
+
+def test_a_batch_writes_each_row_once_and_ends_where_one_by_one_ends() -> None:
+    messages = [
+        (updates, p)
+        for click_updates in updates_of(shopping(2))
+        for p, values in route_updates(click_updates, 4).items()
+        for updates in [[ItemUpdate.from_json(v) for v in values]]
+    ]
+
+    class Counting(dict[str, Any]):
+        writes = 0
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            Counting.writes += 1
+            super().__setitem__(key, value)
+
+    one: list[dict[str, Any]] = [{}, {}, {}]
+    single = ItemUpdateApplier(CFG, *one)
+    for updates, p in messages:
+        for u in updates:
+            single.apply(u.to_json(), p)
+    batched: list[Counting] = [Counting(), Counting(), Counting()]
+    written = ItemUpdateApplier(CFG, *batched).apply_batch(messages)
+    assert [dict(t) for t in batched] == one
+    assert written == Counting.writes
+    assert written < sum(len(u) for u, _ in messages) / 2, "popular rows are written once per batch"
+
+
+async def test_the_service_recommender_answers_like_the_reference_engine() -> None:
+    # The wrapper the worker runs (JSON through the internal topic, batched rows, the popular cache)
+    # gives the answers of the in-process engine that the offline evaluation scored.
+    reference = LocalRecommender(CFG, partitions=4)
+    service = in_memory_recommender(CFG, partitions=4)
+    for c in shopping(3):
+        event = ClickEvent.model_validate(
+            {
+                "event_id": c.event_id,
+                "ts": c.ts,
+                "user_id": c.user_id,
+                "session_id": c.session_id,
+                "product_id": c.product_id,
+                "action": c.action,
+            }
+        )
+        got = await service.recommend(event, CFG.k)
+        expected = reference.on_click(c)
+        assert expected is not None
+        assert [(i.product_id, i.source) for i in got] == [(r.product_id, r.source) for r in expected]
+        # The stored user state keeps history scores to 6 decimals (UserState.to_json).
+        assert [i.score for i in got] == pytest.approx([r.score for r in expected], abs=1e-5)
+
+
+def test_versioned_values_never_go_back() -> None:
+    table: dict[str, Any] = {}
+    rows = Versioned(table)
+    rows["a"] = {"b": [1.0, 0.0]}
+    rows["a"] = {"b": [2.0, 0.0]}
+    assert table["a"] == [2, {"b": [2.0, 0.0]}] and rows["a"] == {"b": [2.0, 0.0]}
+    assert rows.get("missing") is None and list(rows) == ["a"] and len(rows) == 1
+    # What a replica does with changelog records of "a": the echo of version 1 is stale.
+    assert not is_newer([1, {"b": [1.0, 0.0]}], table["a"])
+    assert not is_newer([2, {"b": [2.0, 0.0]}], table["a"])
+    assert is_newer([3, {"b": [3.0, 0.0]}], table["a"])
+    assert is_newer([1, {}], None) and is_newer(None, table["a"])
+    table["bad"] = {"b": [1.0, 0.0]}  # an unversioned value: not something this service wrote
+    with pytest.raises(CorruptState):
+        rows.get("bad")
+    with pytest.raises(CorruptState):
+        is_newer(["1", {}], table["a"])
+
+
+def test_embeddings_are_read_from_product_categories_records() -> None:
+    assert embedding_of(orjson.dumps({"product_id": "p1", "embedding": [0.6, 0.8]})) == ("p1", [0.6, 0.8])
+    for raw in (b"{", b"[]", orjson.dumps({"product_id": "p1"}), orjson.dumps({"embedding": [1.0]})):
+        with pytest.raises(InvalidEmbedding):
+            embedding_of(raw)
+
+
+NAMES = TopicNames(
+    "reviews", "product-uploads", "clickstream", "review-sentiment", "product-categories", "recs"
+)
+
+
+async def test_a_click_becomes_one_recommendation_with_sources_and_its_latency() -> None:
+    now = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
+    publisher = RecordingPublisher()
+    inference = InferenceService(FakeModel(), max_batch=8, linger=0.005, max_in_flight=2, retry=RetryPolicy())
+    pipeline = Pipeline(
+        PipelineConfig(limits=Limits(), recommendations_k=3),
+        NAMES,
+        inference,
+        in_memory_recommender(CFG),
+        publisher,
+        clock=lambda: now,
+    )
+    sent_at = (now - timedelta(milliseconds=250)).timestamp()
+    for n, (user, product) in enumerate([("a", "x"), ("a", "y"), ("b", "x")]):
+        # The click's own ts is years old (a replay): the latency counts from its record time.
+        click = {"event_id": f"c{n}", "user_id": user, "session_id": f"s-{user}", "product_id": product}
+        value = orjson.dumps({**click, "action": "add_to_cart", "ts": "2017-05-07T10:00:00Z"})
+        record = SourceRecord("clickstream", 0, n, user.encode(), value, sent_at)
+        assert await pipeline.handle(record) == "enriched"
+    recs = [Recommendation.model_validate(v) for v in publisher.on("recs")]
+    assert [r.event_id for r in recs] == ["c0", "c1", "c2"]
+    assert all(r.latency_ms == pytest.approx(250.0) for r in recs)
+    last = recs[-1]
+    assert [(i.product_id, i.source) for i in last.items] == [("y", "cooccurrence")]
+    assert publisher.sent[-1][1] == b"b"
+    # Without a record time (a producer that sets none), the click's ts is the start.
+    click = {"event_id": "c9", "user_id": "c", "session_id": "s", "product_id": "x", "action": "view"}
+    value = orjson.dumps({**click, "ts": (now - timedelta(seconds=2)).isoformat()})
+    await pipeline.handle(SourceRecord("clickstream", 0, 9, b"c", value, None))
+    assert Recommendation.model_validate(publisher.on("recs")[-1]).latency_ms == pytest.approx(2000.0)
+    await inference.close()
