@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-env",
         action="append",
         default=[],
-        metavar="ECOM_X=VALUE",
-        help="extra worker setting for every stream run (repeatable)",
+        metavar="NAME=VALUE",
+        help="extra worker environment for every stream run, e.g. ECOM_LOG_LEVEL=WARNING (repeatable)",
     )
     return p
 
@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_env = {}
     for item in args.worker_env:
         key, sep, value = item.partition("=")
-        if not sep or not key.startswith("ECOM_"):
-            raise SystemExit(f"--worker-env {item!r}: expected ECOM_NAME=VALUE")
+        if not sep or not key.isupper():
+            raise SystemExit(f"--worker-env {item!r}: expected NAME=VALUE (ECOM_* or a Faust variable)")
         worker_env[key] = value
     options = RunOptions(
         out=args.out or default_out(),

@@ -135,7 +135,16 @@ def environment(options: RunOptions) -> dict[str, Any]:
             ).stdout.strip()
             or None
         )
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        log.warning(
+            "numpy %s: the Triton Python stub of nvidia-pytriton 0.7 garbles BYTES tensors with numpy 2 "
+            "(shared/infra.md); install numpy<2 into this environment if Triton answers with errors",
+            numpy.__version__,
+        )
     return {
+        "numpy": numpy.__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(),
         "python": platform.python_version(),

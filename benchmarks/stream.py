@@ -131,7 +131,7 @@ class Traffic:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=250,  # latency is read from processed_ts, not from arrival here
         )
         await consumer.start()
         topics = [self.names.review_sentiment, self.names.product_categories]
