@@ -2,7 +2,8 @@
 
 Text tower: all-MiniLM-L6-v2. The bottom layers stay frozen (training caches their output); the top
 `text_tuned_layers` are fine-tuned; masked mean pooling gives a 384-d feature. A *wide* branch (hashed
-word uni/bi-grams -> sentiment logits, as in wide & deep / fastText) is added to the sentiment logits.
+word uni/bi-grams -> logits, as in wide & deep / fastText) is added to the sentiment logits and, with
+`wide_category`, to the category logits of rows that have text.
 
 Image tower: EfficientNet-Lite0 on a grey product photo resized to `image_size`. Stem and blocks before
 `image_tune_from_block` stay frozen; the later blocks and the head convolution are fine-tuned; global
@@ -48,6 +49,7 @@ class NetConfig:
     hidden: int = 256
     embedding_dim: int = 128
     wide_buckets: int = 1 << 18
+    wide_category: bool = True
     num_leaves: int = NUM_LEAVES
     dropout: float = 0.1
     category_scale: float = 16.0
@@ -59,7 +61,9 @@ class NetConfig:
 
     @classmethod
     def from_json(cls, text: str) -> NetConfig:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data.setdefault("wide_category", False)  # files written before the field existed
+        return cls(**data)
 
 
 def _offline() -> None:
@@ -176,7 +180,8 @@ class FusionNet(nn.Module):
         self.text = TextTower(bert, config.text_tuned_layers)
         self.image = ImageTower(effnet, config.image_tune_from_block, config.drop_connect_rate)
         h = config.hidden
-        self.wide = nn.EmbeddingBag(config.wide_buckets, 3, mode="sum")
+        self.wide_dim = 3 + (config.num_leaves if config.wide_category else 0)
+        self.wide = nn.EmbeddingBag(config.wide_buckets, self.wide_dim, mode="sum")
         nn.init.zeros_(self.wide.weight)
         self.text_proj = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(self.text.dim, h), nn.LayerNorm(h)
@@ -267,11 +272,14 @@ class FusionNet(nn.Module):
         fused = (weights.unsqueeze(-1) * z).sum(1)
         fused = fused + self.mixer(fused)
         sentiment = self.sentiment_head(fused)
-        if wide is not None:
-            sentiment = sentiment + wide * has_text.unsqueeze(-1)
-        sentiment = sentiment + self.sentiment_bias
         embedding = F.normalize(self.embed_head(fused), dim=-1)
         category = self.config.category_scale * embedding @ F.normalize(self.prototypes, dim=-1).T
+        if wide is not None:
+            wide = wide * has_text.unsqueeze(-1)
+            sentiment = sentiment + wide[:, :3]
+            if self.config.wide_category:
+                category = category + wide[:, 3:]
+        sentiment = sentiment + self.sentiment_bias
         return {"sentiment_logits": sentiment, "category_logits": category, "embedding": embedding}
 
 
@@ -334,6 +342,13 @@ def save_tuned(net: FusionNet, directory: Path) -> None:
     partial.chmod(0o644)
     partial.replace(directory / WEIGHTS_FILE)
     atomic_write_text(directory / CONFIG_FILE, net.config.to_json() + "\n")
+
+
+def weights_digest(directory: Path) -> str:
+    """First 10 hex digits of the SHA-256 of a version's weights file."""
+    import hashlib
+
+    return hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()[:10]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -407,10 +422,10 @@ class Predictor:
 
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
-        """Pooled text features [N, 384] and wide-branch logits [N, 3], batched by similar length."""
+        """Pooled text features [N, 384] and wide-branch logits [N, 3 (+C)], batched by similar length."""
         net, dev = self.net, self.device
         feat = torch.zeros(len(texts), net.text.dim, device=dev)
-        wide = torch.zeros(len(texts), 3, device=dev)
+        wide = torch.zeros(len(texts), net.wide_dim, device=dev)
         tokens = self.tokenizer(list(texts), truncation=True, max_length=net.config.text_max_length)
         token_ids: list[list[int]] = tokens["input_ids"]
         # On a CPU a padded token costs as much as a real one (the benchmark measured batches of 32
@@ -477,7 +492,7 @@ class Predictor:
         has_image = torch.zeros(n, device=dev)
         text_feat = torch.zeros(n, net.text.dim, device=dev)
         image_feat = torch.zeros(n, net.image.dim, device=dev)
-        wide = torch.zeros(n, 3, device=dev)
+        wide = torch.zeros(n, net.wide_dim, device=dev)
         if text_rows:
             feat, wide_part = self.text_features([str(texts[i]) for i in text_rows])
             rows = torch.tensor(text_rows, device=dev)

@@ -57,7 +57,15 @@ from fusion.metrics import (
     macro_f1,
     tune_class_bias,
 )
-from fusion.network import FusionNet, NetConfig, Predictor, build_net, load_tuned, save_tuned
+from fusion.network import (
+    FusionNet,
+    NetConfig,
+    Predictor,
+    build_net,
+    load_tuned,
+    save_tuned,
+    weights_digest,
+)
 from fusion.preprocess import prepare_image
 from fusion.repository import VERSION, write_repository
 from fusion.taxonomy import (
@@ -76,19 +84,21 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 2
     text_batch: int = 32
-    image_batch: int = 128
+    image_batch: int = 192
     image_views: int = 2
     lr_text: float = 2e-4
     lr_image: float = 1e-3
     lr_head: float = 2e-3
-    lr_wide: float = 2e-2
+    lr_wide: float = 5e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.06
     token_drop: float = 0.1
     span_drop: float = 0.3
     wide_drop: float = 0.1
+    # Whole-row dropout of the wide branch, so that the deep part must also predict alone.
+    wide_row_drop: float = 0.5
     label_smoothing: float = 0.1
-    department_weight: float = 0.5
+    department_weight: float = 1.0
     pair_weight: float = 0.5
     sentiment_class_weight_power: float = 0.5
     max_train_reviews: int = 0  # 0 = all (subsets are for quick experiments and the smoke run)
@@ -208,9 +218,12 @@ class Trainer:
             cfg.span_drop if augment else 0.0,
         )
         feat = self.net.text.top(hidden, mask)
-        wide = self.net.wide_logits(
+        wide: Tensor = self.net.wide_logits(
             *wide_tensors([self.wide[i] for i in rows], self.device, rng, cfg.wide_drop if augment else 0.0)
         )
+        if rng is not None and cfg.wide_row_drop > 0:
+            keep = torch.from_numpy((rng.random(len(rows)) >= cfg.wide_row_drop).astype(np.float32))
+            wide = wide * keep.to(self.device).unsqueeze(-1)
         return feat, wide
 
     def _losses(
@@ -375,7 +388,6 @@ class Trainer:
                 best_score = val["val_score"]
                 best_state = copy.deepcopy(self.net.tuned_state_dict())
                 best_bias = extra["sentiment_bias"]
-                record["best"] = 1.0
         self.net.load_state_dict(best_state, strict=False)
         return history, best_bias
 
@@ -552,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     # Export, then evaluate what was exported (fp16 weights reloaded) through the serving code path.
     version_dir = (args.export / VERSION) if args.export else (out_dir / "export" / VERSION)
     save_tuned(net, version_dir)
+    # Two trainings never publish the same name: the weights' digest is part of it.
+    version_name = f"{args.version_name}+{weights_digest(version_dir)}"
     eval0 = time.perf_counter()
     tok2, served = load_tuned(version_dir, device)
     predictor = Predictor(tok2, served, device)
@@ -572,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wall = time.perf_counter() - wall0
     run_info = {
-        "version_name": args.version_name,
+        "version_name": version_name,
         "preliminary": bool(args.preliminary or args.smoke),
         "smoke": bool(args.smoke),
         "command": "python -m fusion.train "
@@ -606,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         (target / "metrics.json").write_text(json.dumps(all_metrics, indent=2) + "\n")
         report.write_model_card(target, all_metrics, history, details)
     if args.export:
-        write_repository(args.export, version_name=args.version_name, embedding_dim=net_cfg.embedding_dim)
+        write_repository(args.export, version_name=version_name, embedding_dim=net_cfg.embedding_dim)
     print(report.summary_line(all_metrics))
     print(f"fusion.train: done in {wall:.0f}s; exported to {version_dir}")
     return 0

@@ -43,7 +43,7 @@ def test_smoke_run_trains_exports_and_reports(tmp_path: Path) -> None:
     ):
         assert (repo / "1" / plot).stat().st_size > 1000
     assert (repo / "category_labels.txt").read_text().splitlines() == list(LEAF_NAMES)
-    assert 'string_value: "smoke"' in (repo / "config.pbtxt").read_text()
+    assert 'string_value: "smoke+' in (repo / "config.pbtxt").read_text()
 
     # The exported version serves through the same code as Triton's model.py.
     service = FusionService(repo / "1")
