@@ -163,3 +163,34 @@ def test_the_fast_tuner_scores_exactly_like_the_blend() -> None:
         assert scores[0].name == "blended"
         assert hr == pytest.approx(scores[0].hr) and mrr == pytest.approx(scores[0].mrr)
         assert scores[0].n == len(points) > 0
+
+
+def test_the_service_evaluator_sends_the_clicks_as_the_shop_would_and_reads_first_answers() -> None:
+    from streams.events import ClickEvent
+    from streams.recommend.evaluate import Phase, click_event, select_users, served_recommendations
+    from streams.replay import Received, new_accounting
+
+    c = Click("ic-7-2", "ic-1", "order-7", "ic-196", "add_to_cart", 1494151260.0)
+    event = click_event(c)
+    assert event.key == b"ic-1" and event.topic == "clickstream" and event.expect == "output"
+    parsed = ClickEvent.model_validate_json(event.render())
+    assert parsed.ts.timestamp() == c.ts and parsed.product_id == "ic-196" and parsed.event_id == c.event_id
+
+    accounting = new_accounting([event])
+
+    def answer(items: list[str], offset: int) -> Received:
+        value = {"event_id": c.event_id, "items": [{"product_id": p} for p in items], "latency_ms": 5.0}
+        return Received("recommendations", 0, offset, b"ic-1", value, 0)
+
+    accounting.add(answer(["a", "b"], 0))
+    accounting.add(answer(["c"], 1))  # a repeat after a crash: the first answer counts
+    phase = Phase("held-out", 1, 2.0, accounting, 0)
+    assert served_recommendations(phase) == {c.event_id: ["a", "b"]}
+    summary = phase.summary()
+    assert summary["answered"] == 1 and summary["repeated_records"] == 1 and summary["missing"] == 0
+    assert summary["latency_ms"]["p50"] == 5.0
+
+    clicks = synthesise_clicks(orders_frame())
+    assert select_users(clicks, None, 0) is clicks
+    one = select_users(clicks, 1, 0)
+    assert one["user_id"].nunique() == 1 and set(one["user_id"]) < set(clicks["user_id"])
