@@ -3,18 +3,24 @@
 It runs on a free loopback port with a generated configuration and its data in a temporary folder,
 and is stopped by its own PID like the other embedded servers. `query` evaluates PromQL through the
 HTTP API, so dashboards and alert expressions can be checked against what was really scraped.
+
+The configuration is either generated from scratch or derived from a shipped one
+(deploy/prometheus/prometheus.yml): its jobs, paths and relabelling are kept and only its service
+discovery is replaced by the given loopback targets. `dashboard_queries` and `grafana_to_promql` read
+the PromQL of a Grafana dashboard so the same server can evaluate it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,27 +39,42 @@ def prometheus_binary() -> Path:
     return Path(found)
 
 
+# Keys of a scrape job that say where its targets come from (replaced by static loopback targets).
+_DISCOVERY = re.compile(r".*_sd_configs$|^static_configs$")
+
+
 def render_config(
     scrape_targets: Mapping[str, Sequence[str]],
     *,
     scrape_interval: str,
     rule_files: Sequence[Path] = (),
     metrics_path: str = "/metrics",
+    base_config: Mapping[str, Any] | None = None,
 ) -> str:
-    """A prometheus.yml scraping each job's `host:port` targets. JSON is valid YAML."""
+    """A prometheus.yml scraping each job's `host:port` targets. JSON is valid YAML.
+
+    With `base_config` (a parsed prometheus.yml), each job keeps everything the shipped file says
+    (metrics path, relabelling, ...) except where its targets come from and its timing; every job of
+    `scrape_targets` must exist there, and the shipped jobs without targets are left out.
+    """
+    jobs: list[dict[str, Any]] = []
+    shipped = {job["job_name"]: job for job in (base_config or {}).get("scrape_configs", [])}
+    for job, targets in scrape_targets.items():
+        if base_config is not None and job not in shipped:
+            raise ValueError(f"the base configuration has no scrape job {job!r} (it has {sorted(shipped)})")
+        spec = {k: v for k, v in shipped.get(job, {}).items() if not _DISCOVERY.match(k)}
+        spec.setdefault("metrics_path", metrics_path)
+        spec.update(
+            job_name=job,
+            scrape_interval=scrape_interval,
+            scrape_timeout=scrape_interval,
+            static_configs=[{"targets": list(targets)}],
+        )
+        jobs.append(spec)
     config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [
-            {
-                "job_name": job,
-                "metrics_path": metrics_path,
-                "scrape_interval": scrape_interval,
-                "scrape_timeout": scrape_interval,
-                "static_configs": [{"targets": list(targets)}],
-            }
-            for job, targets in scrape_targets.items()
-        ],
+        "scrape_configs": jobs,
     }
     return json.dumps(config, indent=2)
 
@@ -68,13 +89,15 @@ class PrometheusServer:
         scrape_interval: str = "1s",
         rule_files: Sequence[Path] = (),
         log_dir: Path | None = None,
+        base_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="ecom-prometheus-"))
         self.config_path = self.workdir / "prometheus.yml"
-        self.config_path.write_text(
-            render_config(scrape_targets, scrape_interval=scrape_interval, rule_files=rule_files)
+        config = render_config(
+            scrape_targets, scrape_interval=scrape_interval, rule_files=rule_files, base_config=base_config
         )
+        self.config_path.write_text(config)
         log_dir = log_dir or self.workdir
         self.process = ManagedProcess(
             "prometheus",
@@ -144,6 +167,28 @@ class PrometheusServer:
                 raise PrometheusError(f"targets not up after {timeout:.0f}s: {states}")
             time.sleep(0.5)
 
+    def value(self, expr: str) -> float:
+        """The value of an instant query that must return exactly one series (or a scalar)."""
+        result = self.query(expr)
+        if len(result) != 1:
+            raise PrometheusError(f"{expr!r} returned {len(result)} series, expected one: {result}")
+        return float(result[0]["value"][1])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule with its health, last error and (alerts) state and active alerts."""
+        return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
+
+    def wait_for_rules(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The loaded rules once each has been evaluated at least once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rules = self.rules()
+            if rules and all(rule["health"] != "unknown" for rule in rules):
+                return rules
+            if time.monotonic() > deadline:
+                raise PrometheusError(f"rules not evaluated after {timeout:.0f}s: {rules}")
+            time.sleep(0.5)
+
     def wait_until(self, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Until the instant query `expr` returns at least one series; returns them."""
         deadline = time.monotonic() + timeout
@@ -162,3 +207,36 @@ class PrometheusServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# --- Grafana dashboards ---------------------------------------------------------------------------
+
+
+def dashboard_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows hold their panels
+
+
+def dashboard_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana variables) for every query, template variables included."""
+    queries = []
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                queries.append((panel.get("title", "?"), target["expr"]))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            m = re.match(r"label_values\((?:(.*),)?\s*([a-zA-Z_]+)\)\s*$", text)
+            if m and m.group(1):
+                queries.append((f"variable {variable['name']}", m.group(1)))
+    return queries
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard query with Grafana's variables replaced, so Prometheus can evaluate it: interval
+    variables become fixed windows, template variables (multi-value regexes) match everything."""
+    expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "1h")
+    return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", ".*", expr)

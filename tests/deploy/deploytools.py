@@ -22,6 +22,11 @@ import yaml
 
 from streams.embedded import TritonServer
 
+# Shared with the live scrape test (tests/integration/test_prometheus_scrape.py); re-exported here.
+from streams.embedded.prometheus import dashboard_panels as dashboard_panels
+from streams.embedded.prometheus import dashboard_queries as dashboard_queries
+from streams.embedded.prometheus import grafana_to_promql as grafana_to_promql
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_TESTS = Path(__file__).resolve().parent
 SCHEMAS = DEPLOY_TESTS / "schemas"
@@ -36,6 +41,9 @@ OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomizatio
 
 # Series that Prometheus itself makes for every target; they are exported by no application.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# The worker's own process, from prometheus-client's default collectors (not in the contract's table of
+# service metrics; test_deploy_grafana checks the worker's registry really has them).
+CLIENT_LIBRARY_METRICS = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 # Labels Prometheus attaches to every scraped series (job/instance) or that histograms carry.
 TARGET_LABELS = {"job", "instance", "le", "namespace", "pod", "container", "endpoint", "service"}
 
@@ -299,12 +307,6 @@ def promql_grouping_labels(expr: str) -> set[str]:
     return labels
 
 
-def grafana_to_promql(expr: str) -> str:
-    """A dashboard query with Grafana's variables replaced, so Prometheus can parse it."""
-    expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "1h")
-    return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", ".*", expr)
-
-
 # --- Dashboard and alerts -------------------------------------------------------------------------
 
 
@@ -312,29 +314,6 @@ def load_dashboard() -> dict[str, Any]:
     data = json.loads(DASHBOARD_FILE.read_text())
     assert isinstance(data, dict)
     return data
-
-
-def dashboard_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])  # collapsed rows hold their panels
-
-
-def dashboard_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL with Grafana variables) for every query, template variables included."""
-    queries = []
-    for panel in dashboard_panels(dashboard):
-        for target in panel.get("targets", []):
-            if target.get("expr"):
-                queries.append((panel.get("title", "?"), target["expr"]))
-    for variable in dashboard.get("templating", {}).get("list", []):
-        if variable.get("type") == "query":
-            query = variable["query"]
-            text = query["query"] if isinstance(query, dict) else query
-            m = re.match(r"label_values\((?:(.*),)?\s*([a-zA-Z_]+)\)\s*$", text)
-            if m and m.group(1):
-                queries.append((f"variable {variable['name']}", m.group(1)))
-    return queries
 
 
 def alert_queries() -> list[tuple[str, str]]:

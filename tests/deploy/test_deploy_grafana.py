@@ -11,6 +11,7 @@ import prometheus_client
 import pytest
 import yaml
 from deploytools import (
+    CLIENT_LIBRARY_METRICS,
     COMPOSE_FILE,
     PROMETHEUS_SYNTHETIC,
     REPO_ROOT,
@@ -101,6 +102,7 @@ def test_dashboard_covers_what_operators_need(dashboard: dict[str, Any]) -> None
         "inference batch size": {"ecom_inference_batch_size_bucket", "nv_inference_exec_count"},
         "inference queue time": {"nv_inference_queue_duration_us"},
         "GPU utilisation": {"nv_gpu_utilization"},
+        "worker CPU and memory": {"process_cpu_seconds_total", "process_resident_memory_bytes"},
     }
     for need, metrics in needs.items():
         assert metrics <= used, f"dashboard lacks {need}: {sorted(metrics - used)}"
@@ -135,7 +137,7 @@ def test_every_query_uses_metrics_and_labels_of_the_contract() -> None:
         if not names:
             problems.append(f"{where}: names no metric")
         for name in names:
-            if name in PROMETHEUS_SYNTHETIC:
+            if name in PROMETHEUS_SYNTHETIC or name in CLIENT_LIBRARY_METRICS:
                 continue
             if name.startswith("nv_"):
                 if name not in contracts.triton_metrics:
@@ -167,6 +169,24 @@ def test_every_worker_metric_in_queries_is_registered_by_the_service() -> None:
             if missing:
                 problems.append(f"{where}: grouped by {sorted(missing)}, which no metric of the query has")
     assert not problems, "\n".join(problems)
+
+
+def test_process_metrics_the_queries_use_are_in_the_workers_registry() -> None:
+    """The worker's /metrics serves prometheus-client's default registry, whose process collector
+    exports these (on Linux, as in the images; the live scrape test reads them from a running worker).
+    Any other name that is neither the service's nor Triton's fails here."""
+    used = set()
+    for _, query in all_queries():
+        used |= {
+            n
+            for n in promql_metric_names(query)
+            if not n.startswith(("ecom_", "nv_")) and n not in PROMETHEUS_SYNTHETIC
+        }
+    assert used <= CLIENT_LIBRARY_METRICS, (
+        f"queries use unknown metrics: {sorted(used - CLIENT_LIBRARY_METRICS)}"
+    )
+    exported = {sample.name for family in prometheus_client.REGISTRY.collect() for sample in family.samples}
+    assert exported >= CLIENT_LIBRARY_METRICS, sorted(CLIENT_LIBRARY_METRICS - exported)
 
 
 def test_the_registry_matches_the_contract() -> None:

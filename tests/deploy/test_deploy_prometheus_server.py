@@ -3,12 +3,11 @@ project's alert rules, and evaluates every dashboard and alert query without an 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from deploytools import ALERTS_FILE, all_queries, grafana_to_promql, infer_echo, run, tool
+import yaml
+from deploytools import ALERTS_FILE, PROMETHEUS_DIR, all_queries, grafana_to_promql, infer_echo, run, tool
 
 from streams.embedded import TritonServer
 from streams.embedded.prometheus import PrometheusError, PrometheusServer, render_config
@@ -19,18 +18,6 @@ needs_prometheus = pytest.mark.skipif(
 )
 
 
-def evaluated_rules(prometheus: PrometheusServer, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The loaded rules once each has been evaluated at least once."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
-        if rules and all(rule["health"] != "unknown" for rule in rules):
-            return rules
-        if time.monotonic() > deadline:
-            raise PrometheusError(f"rules not evaluated after {timeout:.0f}s: {rules}")
-        time.sleep(0.5)
-
-
 def test_render_config_is_a_valid_prometheus_config(tmp_path: Path) -> None:
     promtool = tool("promtool")
     if promtool is None:
@@ -39,6 +26,30 @@ def test_render_config_is_a_valid_prometheus_config(tmp_path: Path) -> None:
     path.write_text(
         render_config({"ecom-triton": ["127.0.0.1:8002"]}, scrape_interval="1s", rule_files=[ALERTS_FILE])
     )
+    result = run([promtool, "check", "config", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_shipped_config_on_local_targets_keeps_its_jobs(tmp_path: Path) -> None:
+    """What the live scrape test runs: deploy/prometheus/prometheus.yml with loopback targets."""
+    shipped = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets = {"ecom-worker": ["127.0.0.1:1"], "ecom-triton": ["127.0.0.1:2"]}
+    text = render_config(targets, scrape_interval="1s", rule_files=[ALERTS_FILE], base_config=shipped)
+    jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    assert set(jobs) == set(targets)
+    for shipped_job in shipped["scrape_configs"]:
+        name = shipped_job["job_name"]
+        if name in jobs:
+            assert jobs[name]["static_configs"] == [{"targets": targets[name]}]
+            assert not [k for k in jobs[name] if k.endswith("_sd_configs")]
+            assert jobs[name]["metrics_path"] == shipped_job["metrics_path"]
+    with pytest.raises(ValueError, match="no scrape job 'worker'"):
+        render_config({"worker": ["127.0.0.1:1"]}, scrape_interval="1s", base_config=shipped)
+    promtool = tool("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
     result = run([promtool, "check", "config", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -67,7 +78,7 @@ def test_prometheus_scrapes_triton_and_evaluates_every_query(echo_triton: Triton
                 failures.append(f"{where}: {e}")
         assert not failures, "\n".join(failures)
 
-        rules = evaluated_rules(prometheus)
+        rules = prometheus.wait_for_rules()
         alerts = [where for where, _ in all_queries() if where.startswith("alert:")]
         assert len(rules) == len(alerts) > 0
         assert all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
