@@ -128,7 +128,11 @@ class PrometheusServer:
 
     def stop(self) -> None:
         self.process.stop()
-        shutil.rmtree(self.workdir / "data", ignore_errors=True)
+        # The generated config and the data go; the log stays when it was written elsewhere on request.
+        if self.process.log_path.parent == self.workdir:
+            shutil.rmtree(self.workdir / "data", ignore_errors=True)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET /api/v1/<path>; returns `data`, raises PrometheusError on an error answer."""

@@ -55,9 +55,13 @@ def test_the_shipped_config_on_local_targets_keeps_its_jobs(tmp_path: Path) -> N
 
 
 @needs_prometheus
-def test_prometheus_scrapes_triton_and_evaluates_every_query(echo_triton: TritonServer) -> None:
+def test_prometheus_scrapes_triton_and_evaluates_every_query(
+    echo_triton: TritonServer, tmp_path: Path
+) -> None:
     target = f"127.0.0.1:{echo_triton.metrics_port}"
-    with PrometheusServer({"ecom-triton": [target]}, rule_files=[ALERTS_FILE]) as prometheus:
+    with PrometheusServer(
+        {"ecom-triton": [target]}, rule_files=[ALERTS_FILE], log_dir=tmp_path
+    ) as prometheus:
         prometheus.wait_for_scrapes(["ecom-triton"])
         before = prometheus.query('nv_inference_count{job="ecom-triton", model="echo"}')
         assert len(before) == 1
@@ -85,7 +89,10 @@ def test_prometheus_scrapes_triton_and_evaluates_every_query(echo_triton: Triton
 
 
 @needs_prometheus
-def test_a_bad_query_is_an_error(echo_triton: TritonServer) -> None:
+def test_a_bad_query_is_an_error(echo_triton: TritonServer, tmp_path: Path) -> None:
     target = f"127.0.0.1:{echo_triton.metrics_port}"
-    with PrometheusServer({"ecom-triton": [target]}) as server, pytest.raises(PrometheusError, match="parse"):
+    with (
+        PrometheusServer({"ecom-triton": [target]}, log_dir=tmp_path) as server,
+        pytest.raises(PrometheusError, match="parse"),
+    ):
         server.query("sum by (model (nv_inference_count)")
