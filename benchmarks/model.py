@@ -103,7 +103,9 @@ def _measure_kind(
         for _ in range(warmup):
             serve()
         sync()
+        cpu0 = time.process_time()
         times = _timed_loop(serve, sync, seconds)
+        cpu = time.process_time() - cpu0  # every thread of this process: torch's intra-op ones too
         total = sum(times)
         points.append(
             {
@@ -111,6 +113,7 @@ def _measure_kind(
                 "batches": len(times),
                 "items_per_s": batch * len(times) / total,
                 "batch_ms_p50": 1000 * sorted(times)[len(times) // 2],
+                "cpu_ms_per_item": 1000 * cpu / (batch * len(times)),
             }
         )
         log.info("model %s batch %d: %.1f items/s", kind, batch, points[-1]["items_per_s"])
@@ -134,7 +137,11 @@ def _measure_kind(
     times = _timed_loop(network, sync, seconds)
     return {
         "serving_path": points,
-        "best": {"batch_size": best_batch, "items_per_s": best["items_per_s"]},
+        "best": {
+            "batch_size": best_batch,
+            "items_per_s": best["items_per_s"],
+            "cpu_ms_per_item": best["cpu_ms_per_item"],
+        },
         "network_only": {
             "batch_size": best_batch,
             "items_per_s": best_batch * len(times) / sum(times),

@@ -59,6 +59,8 @@ def markdown(data: dict[str, Any]) -> str:
                     _f(s["naive_events_per_s"]),
                     _f(s["pipeline_efficiency"], 2),
                     _f(s["microbatched_vs_naive"], 1),
+                    f"{_f(s.get('cpu_efficiency'), 2)} ({_f(s.get('model_cpu_ms_per_item'))} / "
+                    f"{_f(s.get('service_cpu_ms_per_event'))} ms)",
                     f"{_lat(s['latency_at_half'])} at {_f(s['latency_at_half_rate'])}/s",
                     _lat(s["naive_latency_at_half"]),
                 ]
@@ -72,6 +74,7 @@ def markdown(data: dict[str, Any]) -> str:
                 "naive stream /s",
                 "efficiency (stream / model)",
                 "micro-batched / naive",
+                "CPU efficiency (model CPU/item / worker+Triton CPU/event)",
                 "latency p50/p95/p99 ms at half rate",
                 "naive p50/p95/p99 ms at half its rate",
             ],
@@ -87,16 +90,25 @@ def markdown(data: dict[str, Any]) -> str:
         rows = []
         for kind, k in model["kinds"].items():
             for p in k["serving_path"]:
-                rows.append([kind, str(p["batch_size"]), _f(p["items_per_s"]), _f(p["batch_ms_p50"])])
+                rows.append(
+                    [
+                        kind,
+                        str(p["batch_size"]),
+                        _f(p["items_per_s"]),
+                        _f(p["batch_ms_p50"]),
+                        _f(p.get("cpu_ms_per_item")),
+                    ]
+                )
             rows.append(
                 [
                     kind,
                     f"network only, {k['network_only']['batch_size']}",
                     _f(k["network_only"]["items_per_s"]),
                     "-",
+                    "-",
                 ]
             )
-        lines += _table(["kind", "batch", "items/s", "batch p50 ms"], rows)
+        lines += _table(["kind", "batch", "items/s", "batch p50 ms", "CPU ms/item"], rows)
     triton = data.get("triton")
     if triton:
         lines += ["## Triton alone (closed loop, concurrency x rows per request)", ""]

@@ -471,8 +471,15 @@ def summarise(data: dict[str, Any], options: RunOptions) -> dict[str, Any]:
         n_rate = naive.get("saturated", {}).get("events_per_s")
         half = next((p for p in stream.get("paced", []) if math.isclose(p["fraction"], 0.5)), None)
         naive_half = next((p for p in naive.get("paced", []) if math.isclose(p["fraction"], 0.5)), None)
+        window = stream.get("saturated", {}).get("during_window", {}).get("cpu_ms_per_event", {})
+        service_cpu = (window.get("worker") or 0.0) + (window.get("triton") or 0.0)
         out[kind] = {
             "model_items_per_s": raw,
+            # CPU per event: in-process model vs the service (worker + Triton). Unlike the rates it does
+            # not move with what else the machine runs at the time.
+            "model_cpu_ms_per_item": model.get("best", {}).get("cpu_ms_per_item"),
+            "service_cpu_ms_per_event": service_cpu or None,
+            "cpu_efficiency": ratio(model.get("best", {}).get("cpu_ms_per_item"), service_cpu or None),
             "model_best_batch": model.get("best", {}).get("batch_size"),
             "network_only_items_per_s": model.get("network_only", {}).get("items_per_s"),
             "triton_best_rows_per_s": triton_best,

@@ -206,7 +206,12 @@ def _results() -> dict[str, object]:
         },
         "kinds": {
             "review": {
-                "saturated": {"events_per_s": 90.0, "missing": 0, "dead_letters": {}, "during_window": {}},
+                "saturated": {
+                    "events_per_s": 90.0,
+                    "missing": 0,
+                    "dead_letters": {},
+                    "during_window": {"cpu_ms_per_event": {"worker": 2.0, "triton": 23.0, "broker": 1.0}},
+                },
                 "paced": [
                     {
                         "fraction": 0.5,
@@ -237,7 +242,7 @@ def _results() -> dict[str, object]:
             "kinds": {
                 "review": {
                     "serving_path": [{"batch_size": 32, "items_per_s": 100.0, "batch_ms_p50": 320.0}],
-                    "best": {"batch_size": 32, "items_per_s": 100.0},
+                    "best": {"batch_size": 32, "items_per_s": 100.0, "cpu_ms_per_item": 20.0},
                     "network_only": {"batch_size": 32, "items_per_s": 110.0},
                 }
             },
@@ -268,9 +273,13 @@ def test_summary_ratios_and_markdown() -> None:
     assert s["microbatched_vs_naive"] == pytest.approx(3.0)
     assert s["stream_vs_triton_alone"] == pytest.approx(90 / 95)
     assert s["latency_at_half"]["p99_ms"] == 80.0
+    assert s["cpu_efficiency"] == pytest.approx(20 / 25)  # the broker is not the service
     data["summary"] = summary
     text = markdown(data)
-    assert "| review | 100.0 (batch 32) | 95.0 | 90.0 | 30.0 | 0.90 | 3.0 | 40 / 60 / 80 at 45.0/s |" in text
+    assert (
+        "| review | 100.0 (batch 32) | 95.0 | 90.0 | 30.0 | 0.90 | 3.0 | 0.80 (20.0 / 25.0 ms) "
+        "| 40 / 60 / 80 at 45.0/s |" in text
+    )
 
 
 LIGHT_RUN_PATH = """
