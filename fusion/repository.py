@@ -25,16 +25,22 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class Serving:
-    """How Triton runs the model: instances, torch threads each, dynamic-batching delay, max batch."""
+    """How Triton runs the model: instances, torch threads each, dynamic batching, max batch."""
 
     instances: int
     torch_threads: int
     queue_delay_us: int
     max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
 
 
-# Measured with `python -m benchmarks run` (docs/benchmarks.md, "Tuning").
-CPU_SERVING = Serving(instances=1, torch_threads=1, queue_delay_us=2000, max_batch_size=64)
+# Measured with `python -m benchmarks run` (docs/benchmarks.md, "Tuning"). On the CPU: one instance per
+# core with one torch thread each (intra-op threads on a shared 2-core machine cost twice the CPU per
+# row); a preferred batch equal to the worker's batch (ECOM_BATCH_MAX_SIZE) stops the dynamic batcher
+# from merging the worker's two requests into one execution and leaving the other instance idle.
+CPU_SERVING = Serving(
+    instances=2, torch_threads=1, queue_delay_us=2000, max_batch_size=64, preferred_batch_sizes=(32,)
+)
 GPU_SERVING = Serving(instances=1, torch_threads=2, queue_delay_us=1000, max_batch_size=256)
 
 
@@ -65,6 +71,11 @@ def render_config(
     param_text = "\n".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{_escape(v)}" }} }}' for k, v in params.items()
     )
+    preferred = (
+        f"\n  preferred_batch_size: [ {', '.join(str(n) for n in serving.preferred_batch_sizes)} ]"
+        if serving.preferred_batch_sizes
+        else ""
+    )
     instance = (
         f"instance_group [ {{ count: {serving.instances}, kind: KIND_GPU, gpus: [ 0 ] }} ]"
         if kind == "gpu"
@@ -84,7 +95,7 @@ output [
   {{ name: "CATEGORY", data_type: TYPE_FP32, dims: [ {len(LEAF_NAMES)} ] }},
   {{ name: "EMBEDDING", data_type: TYPE_FP32, dims: [ {embedding_dim} ] }}
 ]
-dynamic_batching {{
+dynamic_batching {{{preferred}
   max_queue_delay_microseconds: {serving.queue_delay_us}
 }}
 {instance}
