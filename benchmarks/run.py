@@ -45,7 +45,13 @@ DEFAULT_STREAM_SWEEP = (
     "inflight=4,concurrency=128",
     "batch=1,inflight=64",  # naive client, Triton's dynamic batcher does all the batching
 )
-DEFAULT_TRITON_SWEEP = ("delay=0", "delay=10000", "instances=2", "threads=2")
+DEFAULT_TRITON_SWEEP = (
+    "instances=1,preferred=0",  # the served config before the benchmark tuned it
+    "preferred=0",  # two instances, but the dynamic batcher may merge the worker's requests
+    "instances=1,threads=2",  # one instance using both cores through intra-op threads
+    "delay=0",
+    "delay=10000",
+)
 
 
 @dataclass

@@ -24,16 +24,18 @@ class TritonVariant:
     instances: int | None = None
     torch_threads: int | None = None
     max_batch_size: int | None = None
+    preferred_batch_size: int | None = None  # 0: none
 
     @classmethod
     def parse(cls, text: str) -> TritonVariant:
-        """`key=value[,key=value]` with keys delay, instances, threads, max_batch; name = the text."""
+        """`key=value[,key=value]`: delay, instances, threads, max_batch, preferred (0: none)."""
         values: dict[str, int] = {}
         keys = {
             "delay": "queue_delay_us",
             "instances": "instances",
             "threads": "torch_threads",
             "max_batch": "max_batch_size",
+            "preferred": "preferred_batch_size",
         }
         for part in text.split(","):
             key, _, value = part.partition("=")
@@ -53,6 +55,7 @@ def current_settings(config_text: str) -> dict[str, int | None]:
         "instances": find(r"instance_group\s*\[\s*\{\s*count:\s*(\d+)"),
         "torch_threads": find(r'key:\s*"torch_threads"\s*value\s*\{\s*string_value:\s*"(\d+)"'),
         "max_batch_size": find(r"(?m)^max_batch_size:\s*(\d+)"),
+        "preferred_batch_size": find(r"preferred_batch_size:\s*\[\s*(\d+)") or 0,
     }
 
 
@@ -82,6 +85,14 @@ def apply_variant(config_text: str, variant: TritonVariant) -> str:
         )
     if variant.max_batch_size is not None:
         sub(r"(?m)^max_batch_size:\s*\d+", f"max_batch_size: {variant.max_batch_size}", "max batch size")
+    if variant.preferred_batch_size is not None:
+        text = re.sub(r"\n\s*preferred_batch_size:[^\n]*", "", text)
+        if variant.preferred_batch_size:
+            sub(
+                r"dynamic_batching\s*\{",
+                f"dynamic_batching {{\n  preferred_batch_size: [ {variant.preferred_batch_size} ]",
+                "preferred batch size",
+            )
     return text
 
 

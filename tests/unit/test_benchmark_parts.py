@@ -92,14 +92,16 @@ def test_triton_variants_change_only_what_they_name(path: str) -> None:
     text = (REPO / "triton_models" / "ecom_fusion" / path).read_text()
     before = current_settings(text)
     assert None not in before.values(), "the generated config no longer has a setting the sweep varies"
-    variant = TritonVariant.parse("delay=0,instances=3,threads=2,max_batch=16")
+    variant = TritonVariant.parse("delay=0,instances=3,threads=2,max_batch=16,preferred=8")
     changed = apply_variant(text, variant)
     assert current_settings(changed) == {
         "queue_delay_us": 0,
         "instances": 3,
         "torch_threads": 2,
         "max_batch_size": 16,
+        "preferred_batch_size": 8,
     }
+    assert "preferred_batch_size" not in apply_variant(changed, TritonVariant.parse("preferred=0"))
     only_delay = apply_variant(text, TritonVariant.parse("delay=777"))
     assert current_settings(only_delay) == {**before, "queue_delay_us": 777}
     assert only_delay.replace("777", str(before["queue_delay_us"])) == text
@@ -107,7 +109,7 @@ def test_triton_variants_change_only_what_they_name(path: str) -> None:
 
 def test_triton_variant_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError):
-        TritonVariant.parse("preferred=4")
+        TritonVariant.parse("priority=4")
 
 
 def test_sweep_and_naive_configs_change_one_setting() -> None:
