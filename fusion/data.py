@@ -4,12 +4,14 @@ Reviews: rows whose title and body are both empty are dropped (22,642 remain); t
 Test = a stratified (by sentiment) 20% with seed 0, as in the reference baseline; validation (for early
 stopping and bias tuning) = a stratified 10% of the remaining training part, seed 0.
 Fashion-MNIST: the official train/test files; validation = a stratified 5,000 of the training file.
+Their folder is /usr/share/datasets/fashion-mnist unless ECOM_FMNIST_DIR names another (a GPU machine).
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from fusion.taxonomy import (
     sentiment_from_rating,
 )
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_DIR = Path(os.environ.get("ECOM_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 IntArray = npt.NDArray[np.int64]
 
 
