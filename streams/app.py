@@ -28,6 +28,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from streams import metrics
 from streams.errors import PublishFailed, ShuttingDown
 from streams.health import Health
 from streams.inference import InferenceService, ModelClient, RetryPolicy, TritonModel
@@ -163,8 +164,6 @@ class FaustPublisher:
     async def publish(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
     ) -> None:
-        from streams import metrics
-
         attempt = 0
         while True:
             try:
@@ -191,6 +190,7 @@ def create_app(
 ) -> EnrichmentApp:
     """The worker's app. `model` and `publisher` default to Triton and the app's own producer."""
     names = TopicNames.from_settings(settings)
+    metrics.initialise(names.inputs, names.outputs, names.dlqs)
     app = EnrichmentApp(
         settings.app_id,
         broker=settings.kafka_bootstrap,

@@ -42,3 +42,24 @@ RECOMMENDATION_LATENCY = Histogram(
     "From a click's arrival on the clickstream (its record time) to the delivery of its recommendation",
     buckets=LATENCY_BUCKETS,
 )
+
+
+def initialise(inputs: tuple[str, ...], outputs: tuple[str, ...], dlqs: tuple[str, ...]) -> None:
+    """Create every bounded label combination at 0 at start-up.
+
+    A labelled series only appears once it is first touched, so without this a dashboard shows "no
+    data" instead of 0 and `rate()` misses the first increment. Dead-letter reasons are left out: they
+    are error class names, known only when one happens.
+    """
+    for topic in inputs:
+        EVENTS_CONSUMED.labels(topic)
+        END_TO_END_LATENCY.labels(topic)
+        for outcome in ("enriched", "dead_lettered"):
+            EVENTS_PROCESSED.labels(topic, outcome)
+    for topic in (*outputs, *dlqs):
+        EVENTS_PRODUCED.labels(topic)
+    for kind in ("review", "product"):
+        INFERENCE_BATCH_SIZE.labels(kind)
+        INFERENCE_LATENCY.labels(kind)
+        for outcome in ("ok", "error", "retry"):
+            INFERENCE_REQUESTS.labels(kind, outcome)

@@ -34,9 +34,12 @@ class Broker:
             [
                 str(broker_binary()),
                 "broker",
-                "--listener-url", listener,
-                "--advertised-listener-url", listener,
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             log_path=log_dir / "broker.log",
         )
