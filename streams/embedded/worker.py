@@ -16,8 +16,29 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.embedded.process import ManagedProcess, free_port
+from streams.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# For tests: a lone worker joins its group only after the rebalance timeout, and health is probed every
+# few seconds; short values keep the tests short.
+QUICK_GROUP = {"health_interval_s": "1", "broker_rebalance_timeout_s": "2", "broker_session_timeout_s": "6"}
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The `ECOM_*` variables that point a worker at these settings' broker, Triton, topics and limits.
+
+    `extra` adds settings by field name: `worker_env(settings, health_interval_s="1")`.
+    """
+    env = {
+        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
+        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
+        "ECOM_APP_ID": settings.app_id,
+        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
+    }
+    env.update({f"ECOM_{name.upper()}": value for name, value in extra.items()})
+    return env
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

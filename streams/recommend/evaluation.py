@@ -145,7 +145,8 @@ class Split:
     heldout: list[Click]  # the held-out orders, in time order
 
 
-def _clicks(frame: pd.DataFrame) -> list[Click]:
+def clicks_from_frame(frame: pd.DataFrame) -> list[Click]:
+    """The rows of `synthesise_clicks` as `Click`s, in the frame's order."""
     return [
         Click(e, u, s, p, "add_to_cart", float(t))
         for e, u, s, p, t in zip(
@@ -167,8 +168,8 @@ def holdout_split(clicks: pd.DataFrame, offset: int) -> Split:
     name = "test" if offset == 0 else ("validation" if offset == 1 else f"holdout-{offset}")
     return Split(
         name,
-        _clicks(clicks[clicks["order_number"] < target]),
-        _clicks(clicks[clicks["order_number"] == target]),
+        clicks_from_frame(clicks[clicks["order_number"] < target]),
+        clicks_from_frame(clicks[clicks["order_number"] == target]),
     )
 
 

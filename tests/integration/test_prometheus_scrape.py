@@ -30,7 +30,7 @@ from streams.embedded.prometheus import (
     grafana_to_promql,
     prometheus_binary,
 )
-from streams.embedded.worker import WorkerProcess
+from streams.embedded.worker import QUICK_GROUP, WorkerProcess, worker_env
 from streams.replay import produce
 from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
@@ -79,20 +79,6 @@ MUST_BE_POSITIVE = (
 )
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
-        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
-        "ECOM_APP_ID": settings.app_id,
-        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        "ECOM_HEALTH_INTERVAL_S": "1",
-        # A lone worker joins its group after the rebalance timeout; a short one keeps the test short.
-        "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-        "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-    }
-
-
 @pytest.fixture
 def settings(broker: Broker, triton: TritonServer, unique_suffix: str) -> Settings:
     return Settings(
@@ -108,7 +94,7 @@ def settings(broker: Broker, triton: TritonServer, unique_suffix: str) -> Settin
 @pytest.fixture
 def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     asyncio.run(create_topics(settings))
-    process = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    process = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
     try:
         yield process.start()
     finally:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from streams.embedded import Broker, TritonServer
-from streams.embedded.worker import WorkerProcess, http_get
+from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click, LocalRecommender
 from streams.recommend.evaluate import click_event, wait_item_updates_applied
-from streams.recommend.evaluation import load_orders, synthesise_clicks
+from streams.recommend.evaluation import clicks_from_frame, load_orders, synthesise_clicks
 from streams.replay import Accounting, Collector, new_accounting, produce
 from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
@@ -42,35 +42,14 @@ def service_settings(broker: Broker, triton: TritonServer, suffix: str) -> Setti
     )
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
-        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
-        "ECOM_APP_ID": settings.app_id,
-        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        "ECOM_HEALTH_INTERVAL_S": "1",
-        "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-        "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-        "ECOM_EMBEDDING_SYNC_INTERVAL_S": "0.5",
-    }
+# Other workers' embeddings are indexed twice a second instead of every 5 s.
+WORKER_SETTINGS = {**QUICK_GROUP, "embedding_sync_interval_s": "0.5"}
 
 
 @pytest.fixture(scope="module")
 def instacart() -> list[Click]:
     """The sample's clicks in time order (one add_to_cart per order line)."""
-    frame = synthesise_clicks(load_orders())
-    return [
-        Click(e, u, s, p, "add_to_cart", float(t))
-        for e, u, s, p, t in zip(
-            frame["event_id"],
-            frame["user_id"],
-            frame["session_id"],
-            frame["product_id"],
-            frame["ts"],
-            strict=True,
-        )
-    ]
+    return clicks_from_frame(synthesise_clicks(load_orders()))
 
 
 def orders_of(clicks: Sequence[Click], users: Sequence[str], orders: slice) -> list[Click]:
@@ -192,7 +171,7 @@ def test_state_is_recovered_from_the_changelog_after_a_kill(
         "no row may be pruned, so that the order updates arrive in cannot change it"
     )
 
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path)
     workers.append(worker)
     worker.start()
     accounting = asyncio.run(replay(settings, [click_event(c) for c in part1]))
@@ -245,8 +224,8 @@ def one_user_per_partition(partitions: int) -> list[str]:
 def test_two_workers_read_every_row_and_index_every_embedding(
     settings: Settings, workers: list[WorkerProcess], tmp_path: Path, instacart: list[Click]
 ) -> None:
-    first = WorkerProcess(worker_env(settings), log_dir=tmp_path, name="worker-1")
-    second = WorkerProcess(worker_env(settings), log_dir=tmp_path, name="worker-2")
+    first = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path, name="worker-1")
+    second = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path, name="worker-2")
     workers.extend([first, second])
     first.start()
     second.start()
@@ -309,7 +288,7 @@ def test_no_item_update_is_lost_under_load(
     users = sorted({c.user_id for c in instacart}, key=lambda u: int(u[3:]))[11:31]
     clicks = orders_of(instacart, users, slice(0, 12))
     assert len(clicks) > 2000
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path)
     workers.append(worker)
     worker.start()
     accounting = asyncio.run(replay(settings, [click_event(c) for c in clicks], wait_s=240))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streams.embedded import Broker, TritonServer
-from streams.embedded.worker import WorkerProcess, http_get
+from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
 from streams.replay import Accounting, Collector, new_accounting, produce
 from streams.sample import SampleEvent, build_sample, heldout_reviews, review_events
 from streams.settings import Settings
@@ -32,20 +32,6 @@ def service_settings(broker: Broker, triton_url: str, suffix: str) -> Settings:
         max_message_bytes=200_000,
         health_interval_s=1.0,
     )
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
-        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
-        "ECOM_APP_ID": settings.app_id,
-        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        "ECOM_HEALTH_INTERVAL_S": "1",
-        # A lone worker joins its group after the rebalance timeout; a short one keeps the tests short.
-        "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-        "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-    }
 
 
 async def replay(
@@ -77,7 +63,7 @@ def running(
 ) -> Iterator[tuple[Settings, WorkerProcess]]:
     settings = service_settings(broker, triton.grpc_url, unique_suffix)
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
     try:
         worker.start()
         yield settings, worker

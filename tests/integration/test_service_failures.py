@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.embedded import Broker, TritonServer, free_port
-from streams.embedded.worker import WorkerProcess, http_get
+from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
 from streams.replay import Accounting, Collector, new_accounting, produce
 from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
@@ -37,20 +37,6 @@ def service_settings(broker: Broker, triton_url: str, prefix: str) -> Settings:
         app_id=prefix,
         max_message_bytes=200_000,
     )
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
-        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
-        "ECOM_APP_ID": settings.app_id,
-        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-        "ECOM_HEALTH_INTERVAL_S": "1",
-        # A lone worker joins its group after the rebalance timeout; a short one keeps the tests short.
-        "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-        "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-    }
 
 
 def received(accounting: Accounting) -> int:
@@ -159,7 +145,7 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_rest
     proxy = GateProxy(("127.0.0.1", triton.grpc_port))
     settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"down-{unique_suffix}")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
     events = build_sample(
         reviews=15, products=15, clicks=0, broken=False, seed=5, max_message_bytes=settings.max_message_bytes
     )
@@ -213,7 +199,7 @@ def test_no_commit_passes_an_event_that_waits_for_triton(
     proxy = GateProxy(("127.0.0.1", triton.grpc_port))
     settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"hold-{unique_suffix}")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
     good = {
         "event_id": "held-good",
         "review_id": "r",
@@ -269,7 +255,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
 ) -> None:
     settings = service_settings(broker, triton.grpc_url, f"kill-{unique_suffix}")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings), log_dir=tmp_path)
+    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
     events = build_sample(
         reviews=120,
         products=120,
