@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.embedded import Broker, TritonServer
+from streams.embedded.process import sigterm_as_interrupt
 from streams.embedded.worker import WorkerProcess, http_get
 from streams.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
 from streams.sample import SampleEvent, build_sample
@@ -54,17 +54,10 @@ def http_text(url: str) -> str:
     return http_get(url, timeout=5)[1]
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     # SIGTERM stops the demo like Ctrl-C: everything it started is stopped by PID on the way out.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with sigterm_as_interrupt():
         return _run_demo(settings, options)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_demo(settings: Settings, options: DemoOptions) -> int:

@@ -555,7 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.log_dir,
         reference=not args.no_reference,
     )
-    return run(options, args.json)
+    from streams.embedded.process import sigterm_as_interrupt
+
+    # SIGTERM (kill, timeout) stops the broker, Triton and the worker by PID on the way out, as Ctrl-C does.
+    with sigterm_as_interrupt():
+        return run(options, args.json)
 
 
 if __name__ == "__main__":
