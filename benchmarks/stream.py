@@ -119,8 +119,9 @@ class Traffic:
         return self.names.reviews if kind == "review" else self.names.product_uploads
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+        from streams.replay import assign_from_beginning
         from streams.topics import client_options
 
         options = client_options(self.settings)
@@ -136,15 +137,7 @@ class Traffic:
         await consumer.start()
         topics = [self.names.review_sentiment, self.names.product_categories]
         topics += [self.names.dlq(self.names.reviews), self.names.dlq(self.names.product_uploads)]
-        tps = []
-        for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_from_beginning(consumer, topics)
         self._consumer = consumer
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 

@@ -181,6 +181,21 @@ def latency_of(output: Received) -> float:
     return (parse_ts(output.value["processed_ts"]) - parse_ts(output.value["source_ts"])).total_seconds()
 
 
+async def assign_from_beginning(consumer: Any, topics: Sequence[str]) -> None:
+    """Assign every partition of `topics` to a started group-less consumer, from the first offset."""
+    from aiokafka import TopicPartition
+
+    tps = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:  # not in the consumer's metadata yet
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+
+
 class Collector:
     """Reads every output and dead-letter topic from the beginning (no consumer group)."""
 
@@ -191,7 +206,7 @@ class Collector:
         self._consumer: Any = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
@@ -201,15 +216,7 @@ class Collector:
             max_partition_fetch_bytes=max(1_048_576, self.settings.max_message_bytes * 2),
         )
         await consumer.start()
-        tps = []
-        for topic in self.topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_from_beginning(consumer, self.topics)
         self._consumer = consumer
 
     async def stop(self) -> None:
