@@ -1,70 +1,55 @@
-"""The Faust app: topics, tables, the agents, health and metrics pages. The topology reads here.
+"""The Faust app: the agents of every route and state feed (`streams.topology`), over one runtime.
 
-Each input agent runs `concurrency` actors over its input topic. An actor takes an event, records its
-offset as in flight, lets `Pipeline.handle` enrich it (inference goes through a shared micro-batcher, so
-the actors' rows travel together) and publish the output or the dead letter, awaits the broker's
-acknowledgement, and only then marks the offset finished and asks for the next event. The commit rule
-in `streams.offsets` turns that into at-least-once with any concurrency.
+Each route's agent takes an event, records its offset as in flight, lets the pipeline enrich it and
+deliver the output or the dead letter, and only then marks the offset finished (the commit rule of
+`streams.offsets` turns that into at-least-once with any concurrency). How the agent runs its events is
+the route's `ordering`:
 
-The clickstream agent has one actor that hands each click, already recorded as in flight, to a
-`KeyedOrder`: clicks of one key (user) run one after another in partition order, clicks of different
-users run concurrently (at most `ECOM_CLICK_CONCURRENCY` at once). Two more agents keep the
-recommender's global state (streams.recommendations): one applies the item updates that clicks send to
-the internal topic (in batches), one indexes the embeddings published on `product-categories`. Each
-waits for its table writes to be delivered before it takes the next event or batch, which is when
-Faust acks the previous one, so Faust's own ack order is exact for them.
+- "concurrent": `ECOM_AGENT_CONCURRENCY` actors, whose rows travel together in the micro-batches;
+- "per_key": one actor hands each event to a `KeyedOrder`: events of one key (a shopper) run one after
+  another in partition order, different keys concurrently (at most `ECOM_CLICK_CONCURRENCY`).
+
+The state feeds keep the recommender's replicated tables: one agent applies the item updates that
+clicks send to the internal topic (in batches), one indexes the embeddings published on
+`product-categories`. Each waits for its table writes to be delivered before it takes the next event or
+batch, which is when Faust acks the previous one, so Faust's own ack order is exact for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from streams import metrics
-from streams.errors import PublishFailed, ShuttingDown
-from streams.health import Health
-from streams.inference import InferenceService, ModelClient, RetryPolicy, TritonModel
-from streams.lifecycle import Lifecycle
+from streams.errors import ShuttingDown
+from streams.faust_ext import SafeCommitTransport, source_record, track_writes
+from streams.health import install_health_pages
 from streams.logs import current_coords
-from streams.offsets import InFlight, SafeCommitTransport
-from streams.pipeline import Pipeline, PipelineConfig, Publisher
+from streams.offsets import InFlight
+from streams.pipeline import BoundRoute
+from streams.protocols import ModelClient, Publisher
+from streams.publisher import RAW
 from streams.recommend.lanes import KeyedOrder
-from streams.recommendations import (
-    ITEM_BATCH_MAX,
-    ITEM_BATCH_WITHIN_S,
-    Recommender,
-    RecommenderParts,
-    build_recommender,
-    install_pages,
-    track_writes,
-)
+from streams.recommend.wiring import ITEM_BATCH_MAX, ITEM_BATCH_WITHIN_S, RecommenderParts
 from streams.records import SourceRecord
+from streams.runtime import Runtime, build_runtime
 from streams.settings import Settings
-from streams.topics import TopicNames, ssl_context
+from streams.topics import ssl_context
+from streams.topology import TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_USERS
 
 log = logging.getLogger(__name__)
 
-RAW: dict[str, Any] = {
-    "key_type": bytes,
-    "value_type": bytes,
-    "key_serializer": "raw",
-    "value_serializer": "raw",
-}
-
 
 class EnrichmentApp(faust.App):
-    """A Faust app whose consumer commits only offsets whose events are finished (streams.offsets)."""
+    """A Faust app whose consumer commits only offsets whose events are finished, and which starts and
+    stops its runtime with itself."""
 
     in_flight: InFlight
-    services: Services
+    runtime: Runtime
     fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> Any:
@@ -72,57 +57,14 @@ class EnrichmentApp(faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
-        # Started here, not as an app.task: Faust starts those only after the first rebalance and table
-        # recovery, and readiness must be known before that.
-        self.add_future(self._probe_forever())
-        self.add_future(self._warm_up())
-
-    async def _warm_up(self) -> None:
-        # The model's version and labels, fetched before the first event needs them (waits for Triton).
-        services = getattr(self, "services", None)
-        if services is not None:
-            with contextlib.suppress(ShuttingDown):
-                await services.inference.info()
-
-    async def _probe_forever(self) -> None:
-        services = getattr(self, "services", None)
-        if services is None:
-            return
-        while not self.should_stop:
-            await services.health.probe()
-            await asyncio.sleep(services.settings.health_interval_s)
+        # Not app.tasks: Faust starts those only after the first rebalance and table recovery, and
+        # readiness must be known before that.
+        self.runtime.start(self)
 
     async def on_stop(self) -> None:
-        services = getattr(self, "services", None)
-        if services is not None:
-            # Before Faust waits for the streams to drain: events waiting on a retry give up now.
-            services.lifecycle.stop()
+        self.runtime.stopping()
         await super().on_stop()
-        if services is not None:
-            await services.close()
-
-
-@dataclass
-class Services:
-    """What the agents use; built once per app, replaceable in tests."""
-
-    settings: Settings
-    topics: TopicNames
-    model: ModelClient
-    inference: InferenceService
-    recommender: Recommender
-    recommend: RecommenderParts
-    publisher: Publisher
-    pipeline: Pipeline
-    health: Health
-    lifecycle: Lifecycle
-
-    async def close(self) -> None:
-        await self.inference.close()
-        close = getattr(self.model, "close", None)
-        if close is not None:
-            await close()
-        await self.health.close()
+        await self.runtime.close()
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -140,48 +82,6 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
-class FaustPublisher:
-    """Sends through the app's producer and waits for the broker's acknowledgement, retrying failures."""
-
-    def __init__(
-        self,
-        app: faust.App,
-        settings: Settings,
-        retry: RetryPolicy,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.app = app
-        self._sleep = sleep
-        self.timeout = settings.publish_timeout_s
-        self.retry = retry
-        self._topics: dict[str, Any] = {}
-
-    def _topic(self, name: str) -> Any:
-        if name not in self._topics:
-            self._topics[name] = self.app.topic(name, **RAW)
-        return self._topics[name]
-
-    async def publish(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> None:
-        attempt = 0
-        while True:
-            try:
-                pending = await self._topic(topic).send(key=key, value=value, partition=partition)
-                await asyncio.wait_for(asyncio.shield(pending), self.timeout)
-            except (asyncio.CancelledError, ShuttingDown):
-                raise
-            except Exception as exc:  # noqa: BLE001  (any send failure is retried; the event waits)
-                error = PublishFailed(f"{type(exc).__name__}: {exc}")
-                delay = self.retry.backoff(attempt)
-                log.warning("publish to %s failed (%s); retry %d in %.1fs", topic, error, attempt + 1, delay)
-                await self._sleep(delay)
-                attempt += 1
-                continue
-            metrics.EVENTS_PRODUCED.labels(topic).inc()
-            return
-
-
 def create_app(
     settings: Settings,
     *,
@@ -189,8 +89,6 @@ def create_app(
     publisher: Publisher | None = None,
 ) -> EnrichmentApp:
     """The worker's app. `model` and `publisher` default to Triton and the app's own producer."""
-    names = TopicNames.from_settings(settings)
-    metrics.initialise(names.inputs, names.outputs, names.dlqs)
     app = EnrichmentApp(
         settings.app_id,
         broker=settings.kafka_bootstrap,
@@ -206,6 +104,7 @@ def create_app(
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_compression_type=settings.producer_compression,
         producer_max_request_size=max(1_048_576, settings.dlq_max_payload_bytes * 2 + 65_536),
         consumer_max_fetch_size=max(1_048_576, settings.max_message_bytes + 65_536),
         web_enabled=True,
@@ -215,65 +114,83 @@ def create_app(
     )
     app.in_flight = InFlight()
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.runtime = build_runtime(settings, app, model=model, publisher=publisher)
 
-    retry = RetryPolicy(
-        settings.retry_backoff_initial_s, settings.retry_backoff_max_s, settings.retry_max_ambiguous
-    )
-    model = model or TritonModel(
-        settings.triton_grpc_url,
-        settings.triton_model,
-        timeout=settings.infer_timeout_s,
-        ssl=settings.triton_ssl,
-    )
-    lifecycle = Lifecycle()
-    inference = InferenceService.from_settings(settings, model, sleep=lifecycle.sleep)
-    publisher = publisher or FaustPublisher(app, settings, retry)
-    parts = build_recommender(app, settings, publisher)
-    recommender = parts.recommender
-    pipeline = Pipeline(
-        PipelineConfig.from_settings(settings), names, inference, recommender, publisher, retry=retry
-    )
-    health = Health(settings, app, model)
-    app.services = Services(
-        settings, names, model, inference, recommender, parts, publisher, pipeline, health, lifecycle
-    )
+    for bound in app.runtime.pipeline.routes.values():
+        add_route_agent(app, bound)
+    add_state_feed_agents(app, app.runtime.recommend)
+    if app.runtime.health is not None:
+        install_health_pages(app, app.runtime.health)
+    install_state_pages(app, app.runtime.recommend)
+    return app
 
-    def agent_body(name: str) -> Any:
-        async def run(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                await process(app, event)
 
-        run.__name__ = name
-        return run
+# --- routes --------------------------------------------------------------------------------------------
+def add_route_agent(app: EnrichmentApp, bound: BoundRoute) -> None:
+    settings = app.runtime.settings
+    channel = app.topic(bound.input, partitions=settings.partitions, **RAW)
+    name = f"enrich-{bound.input}"
 
-    for topic_name in (names.reviews, names.product_uploads):
-        channel = app.topic(topic_name, partitions=settings.partitions, **RAW)
-        agent_name = f"enrich-{topic_name}"
-        concurrency = settings.agent_concurrency
-        app.agent(channel, name=agent_name, concurrency=concurrency, sink=None)(agent_body(agent_name))
+    async def concurrent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await finish(app, take(app, event))
 
-    async def click(record: SourceRecord, event: Any) -> None:
-        # The job holds `event` until the click is done: Faust finds the event a table write belongs
-        # to (its partition is the changelog's) through a weak reference in a context variable, which
-        # the job's task inherited from the agent when it was submitted.
-        track_writes()  # the user state's changelog write is delivered before the recommendation
-        await finish(app, record)
-        del event
-
-    async def clicks(stream: faust.StreamT[bytes]) -> None:
+    async def per_key(stream: faust.StreamT[bytes]) -> None:
         order = KeyedOrder(settings.click_concurrency)
         try:
             async for event in stream.events():
                 record = take(app, event)  # in flight from here: nothing past it is committed
-                await order.submit(record.key, functools.partial(click, record, event))
+                await order.submit(record.key, functools.partial(keyed_job, app, record, event))
         finally:
-            # Stopping: clicks still in progress stay in flight (uncommitted) for the next owner.
+            # Stopping: events still in progress stay in flight (uncommitted) for the next owner.
             await order.cancel()
 
-    clicks_name = f"enrich-{names.clickstream}"
-    clicks.__name__ = clicks_name
-    channel = app.topic(names.clickstream, partitions=settings.partitions, **RAW)
-    app.agent(channel, name=clicks_name, concurrency=1, sink=None)(clicks)
+    if bound.route.ordering == "concurrent":
+        body, concurrency = concurrent, settings.agent_concurrency
+    else:
+        body, concurrency = per_key, 1
+    body.__name__ = name
+    app.agent(channel, name=name, concurrency=concurrency, sink=None)(body)
+
+
+async def keyed_job(app: EnrichmentApp, record: SourceRecord, event: Any) -> None:
+    # The job holds `event` until it is done: Faust finds the event a table write belongs to (its
+    # partition is the changelog's) through a weak reference in a context variable, which the job's task
+    # inherited from the agent when it was submitted.
+    track_writes()  # the user state's changelog write is delivered before the recommendation
+    await finish(app, record)
+    del event
+
+
+def take(app: EnrichmentApp, event: Any) -> SourceRecord:
+    """Record the event as in flight, before its agent asks for the next one (which acks this one)."""
+    record = source_record(event)
+    current_coords.set(record.coords)  # every log line about this event carries its coordinates
+    app.in_flight.start(TP(record.topic, record.partition), record.offset)
+    return record
+
+
+async def finish(app: EnrichmentApp, record: SourceRecord) -> None:
+    """Enrich and deliver; the offset is finished only once the output or dead letter is delivered."""
+    tp = TP(record.topic, record.partition)
+    try:
+        await app.runtime.pipeline.handle(record)
+    except asyncio.CancelledError:
+        raise  # stays in flight: nothing at or past this offset is committed; read again after restart
+    except ShuttingDown:
+        log.info(
+            "%s left unfinished at shutdown; the next owner of the partition processes it", record.coords
+        )
+        return
+    except Exception:
+        log.exception("%s failed outside the pipeline's error handling; left uncommitted", record.coords)
+        return
+    app.in_flight.finish(tp, record.offset)
+
+
+# --- state feeds -----------------------------------------------------------------------------------------
+def add_state_feed_agents(app: EnrichmentApp, parts: RecommenderParts) -> None:
+    settings = app.runtime.settings
 
     async def item_updates(stream: Any) -> None:  # a faust Stream (StreamT lacks take_events)
         # In batches (each row written once per batch); the batch's table writes are delivered before
@@ -290,7 +207,7 @@ def create_app(
             current_coords.set(record.coords)
             await parts.put_embedding(record)
 
-    channel = app.topic(names.product_categories, partitions=settings.partitions, **RAW)
+    channel = app.topic(app.runtime.topics.product_categories, partitions=settings.partitions, **RAW)
     app.agent(channel, name="recommend-embeddings", concurrency=1, sink=None)(embeddings)
 
     @app.timer(interval=settings.embedding_sync_interval_s)  # type: ignore[untyped-decorator]
@@ -300,50 +217,27 @@ def create_app(
         if added:
             log.info("indexed %d product embeddings written by other workers", added)
 
-    install_pages(app, parts)
-    health.install(app)
 
-    return app
+def install_state_pages(app: faust.App, parts: RecommenderParts) -> None:
+    """Read-only views of this worker's copy of the recommender's state (operators, restart tests)."""
+    views = parts.views
 
+    @app.page("/recommend/users/{user_id}")
+    async def user_page(web: Any, request: Any, user_id: str) -> Any:
+        state = views[TABLE_USERS].get(user_id)
+        return web.json({"user_id": user_id, "state": state}, status=200 if state is not None else 404)
 
-def source_record(event: Any) -> SourceRecord:
-    message = event.message
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
-        timestamp=message.timestamp,
-    )
+    @app.page("/recommend/items/{item_id}")
+    async def item_page(web: Any, request: Any, item_id: str) -> Any:
+        body = {
+            "item_id": item_id,
+            "neighbours": views[TABLE_NEIGHBOURS].get(item_id),
+            "stats": views[TABLE_ITEM_STATS].get(item_id),
+            "embedding": item_id in parts.sink.content,
+        }
+        found = body["neighbours"] is not None or body["stats"] is not None or body["embedding"]
+        return web.json(body, status=200 if found else 404)
 
-
-async def process(app: EnrichmentApp, event: Any) -> None:
-    """One event: in flight until its output or dead letter is delivered (see streams.offsets)."""
-    await finish(app, take(app, event))
-
-
-def take(app: EnrichmentApp, event: Any) -> SourceRecord:
-    """Record the event as in flight, before its agent asks for the next one (which acks this one)."""
-    record = source_record(event)
-    current_coords.set(record.coords)  # every log line about this event carries its coordinates
-    app.in_flight.start(TP(record.topic, record.partition), record.offset)
-    return record
-
-
-async def finish(app: EnrichmentApp, record: SourceRecord) -> None:
-    """Enrich and deliver; the offset is finished only once the output or dead letter is delivered."""
-    tp = TP(record.topic, record.partition)
-    try:
-        await app.services.pipeline.handle(record)
-    except asyncio.CancelledError:
-        raise  # stays in flight: nothing at or past this offset is committed; read again after restart
-    except ShuttingDown:
-        log.info(
-            "%s left unfinished at shutdown; the next owner of the partition processes it", record.coords
-        )
-        return
-    except Exception:
-        log.exception("%s failed outside the pipeline's error handling; left uncommitted", record.coords)
-        return
-    app.in_flight.finish(tp, record.offset)
+    @app.page("/recommend/tables")
+    async def tables_page(web: Any, request: Any) -> Any:
+        return web.json(parts.sizes())

@@ -5,7 +5,8 @@
   the reason otherwise.
 - `/metrics`: Prometheus text format.
 
-`probe()` runs every `health_interval_s` (an app timer): it asks the broker for its cluster metadata,
+`probe()` runs every `health_interval_s` (started with the runtime): it asks the broker for its cluster
+metadata,
 Triton for server and model readiness, and the consumer for the log end offsets of its assigned input
 partitions to update `ecom_consumer_lag`.
 """
@@ -127,19 +128,18 @@ class Health:
         body = {"kafka": self.kafka_up, "triton": self.triton_up, "assigned_partitions": self.assigned()}
         return ok, {**body, "detail": dict(self.detail)}
 
-    def install(self, app: faust.App) -> None:
-        health = self
 
-        @app.page("/livez")
-        async def livez(web: Any, request: Any) -> Any:
-            ok, body = health.alive()
-            return web.json({"status": "ok" if ok else "failing", **body}, status=200 if ok else 503)
+def install_health_pages(app: faust.App, health: Health) -> None:
+    @app.page("/livez")
+    async def livez(web: Any, request: Any) -> Any:
+        ok, body = health.alive()
+        return web.json({"status": "ok" if ok else "failing", **body}, status=200 if ok else 503)
 
-        @app.page("/readyz")
-        async def readyz(web: Any, request: Any) -> Any:
-            ok, body = health.ready()
-            return web.json({"status": "ready" if ok else "not ready", **body}, status=200 if ok else 503)
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ok, body = health.ready()
+        return web.json({"status": "ready" if ok else "not ready", **body}, status=200 if ok else 503)
 
-        @app.page("/metrics")
-        async def metrics_page(web: Any, request: Any) -> Any:
-            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

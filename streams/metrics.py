@@ -6,6 +6,8 @@ Durations in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # From 5 ms to 2 min: a healthy pipeline sits in the tens of milliseconds, an outage in minutes.
@@ -44,7 +46,9 @@ RECOMMENDATION_LATENCY = Histogram(
 )
 
 
-def initialise(inputs: tuple[str, ...], outputs: tuple[str, ...], dlqs: tuple[str, ...]) -> None:
+def initialise(
+    inputs: Iterable[str], outputs: Iterable[str], dlqs: Iterable[str], model_kinds: Iterable[str]
+) -> None:
     """Create every bounded label combination at 0 at start-up.
 
     A labelled series only appears once it is first touched, so without this a dashboard shows "no
@@ -58,7 +62,7 @@ def initialise(inputs: tuple[str, ...], outputs: tuple[str, ...], dlqs: tuple[st
             EVENTS_PROCESSED.labels(topic, outcome)
     for topic in (*outputs, *dlqs):
         EVENTS_PRODUCED.labels(topic)
-    for kind in ("review", "product"):
+    for kind in model_kinds:
         INFERENCE_BATCH_SIZE.labels(kind)
         INFERENCE_LATENCY.labels(kind)
         for outcome in ("ok", "error", "retry"):

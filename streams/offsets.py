@@ -14,6 +14,7 @@ offsets (`Consumer._new_offset`), after flushing the producer. Three holes in th
 
 So the worker tracks, beside Faust, the offsets its agents have taken and not yet finished (`InFlight`:
 an event leaves it only when its output or dead letter has been delivered), and `SafeCommitConsumer`
+(in `streams.faust_ext`, which holds every extension of Faust's internals)
 (a) commits one past the first consecutive run of finished offsets but never at or past the lowest
 in-flight offset of that partition, and (b) ignores the acks of skipped or stale messages (they are read
 again after the rebalance). The producer flush Faust does before committing stays as it is; the agents
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from streams.records import SourceRecord
@@ -88,70 +87,3 @@ def safe_commit_offset(
     while offset in done:
         offset += 1
     return offset
-
-
-class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with a configurable fetch wait (Faust hard-codes 1500 ms).
-
-    A fetch request covers every assigned partition; a broker that does not answer as soon as one of
-    them has data (the embedded Tansu broker) holds each fetch for the full wait, which then becomes the
-    floor of the end-to-end latency. Apache Kafka answers early either way.
-    """
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            consumer._fetch_max_wait_ms = int(wait_ms)  # read when the consumer starts its fetcher
-        return consumer
-
-
-class SafeCommitConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with the commit rule of this module's docstring."""
-
-    def _new_consumer_thread(self) -> TunedConsumerThread:
-        return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    def _in_flight(self) -> InFlight | None:
-        in_flight = getattr(self.app, "in_flight", None)
-        return in_flight if isinstance(in_flight, InFlight) else None
-
-    def ack(self, message: Any) -> bool:
-        app = self.app
-        stale = message.generation_id != app.consumer_generation_id or not app.flow_control.is_active()
-        if stale:
-            # Skipped by Faust, not processed: mark it so nothing waits for it, but do not count its
-            # offset as done. It is read again from the committed offset after the rebalance.
-            message.acked = True
-            self._unacked_messages.discard(message)
-            return False
-        return bool(super().ack(message))
-
-    def _new_offset(self, tp: TP) -> int | None:
-        acked: list[int] = self._acked[tp]
-        if not acked:
-            return None
-        in_flight = self._in_flight()
-        floor = in_flight.floor(tp) if in_flight is not None else None
-        gap_tree = self._gap[tp]
-        max_acked = max(acked)
-        limit = max_acked + 1 if floor is None else min(max_acked + 1, floor)
-        gaps = [(iv.begin, min(iv.end, limit)) for iv in gap_tree.overlap(0, limit)]
-        offset = safe_commit_offset(acked, gaps, floor)
-        if offset is None:
-            return None
-        # Drop what the commit covers; later acked offsets wait for the next commit.
-        acked[:] = sorted(o for o in set(acked) if o >= offset)
-        self._acked_index[tp].intersection_update(acked)
-        gap_tree.chop(0, offset)
-        return offset
-
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        in_flight = self._in_flight()
-        if in_flight is not None:
-            in_flight.forget(revoked)
-        await super().on_partitions_revoked(revoked)
-
-
-class SafeCommitTransport(faust_aiokafka.Transport):
-    Consumer = SafeCommitConsumer

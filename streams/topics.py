@@ -15,63 +15,64 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.settings import Settings
+from streams.topology import INTERNAL_TOPICS, ROUTES, TABLES
 
 log = logging.getLogger(__name__)
-
-# Faust tables of the app (name -> changelog suffix); a unit test checks this against the app itself.
-# The recommender's (docs/recommendations.md): the user table is co-partitioned with the clickstream,
-# the others are global tables written from the internal item topic and from product-categories.
-TABLE_USERS = "recommend-users"
-TABLE_NEIGHBOURS = "recommend-neighbours"
-TABLE_ITEM_STATS = "recommend-item-stats"
-TABLE_POPULAR = "recommend-popular"
-TABLE_EMBEDDINGS = "recommend-embeddings"
-TABLES = (TABLE_USERS, TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR, TABLE_EMBEDDINGS)
-# Internal topics (named after the app id, like the changelogs): the recommender's item updates,
-# routed by item so that every item's rows have one writer.
-ITEM_UPDATES = "recommend-item-updates"
-INTERNAL_TOPICS = (ITEM_UPDATES,)
 
 
 @dataclass(frozen=True)
 class TopicNames:
-    reviews: str
-    product_uploads: str
-    clickstream: str
-    review_sentiment: str
-    product_categories: str
-    recommendations: str
+    """The physical topic names: the routes' names (streams.topology) behind ECOM_TOPIC_PREFIX."""
+
+    prefix: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
-        p = settings.topic_prefix
-        return cls(
-            reviews=f"{p}reviews",
-            product_uploads=f"{p}product-uploads",
-            clickstream=f"{p}clickstream",
-            review_sentiment=f"{p}review-sentiment",
-            product_categories=f"{p}product-categories",
-            recommendations=f"{p}recommendations",
-        )
+        return cls(settings.topic_prefix)
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}{name}"
 
     @staticmethod
     def dlq(input_topic: str) -> str:
         return f"{input_topic}.dlq"
 
     @property
-    def inputs(self) -> tuple[str, str, str]:
-        return (self.reviews, self.product_uploads, self.clickstream)
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self(r.input) for r in ROUTES)
 
     @property
-    def outputs(self) -> tuple[str, str, str]:
-        return (self.review_sentiment, self.product_categories, self.recommendations)
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(self(r.output) for r in ROUTES)
 
     @property
-    def dlqs(self) -> tuple[str, str, str]:
-        return tuple(self.dlq(t) for t in self.inputs)  # type: ignore[return-value]
+    def dlqs(self) -> tuple[str, ...]:
+        return tuple(self(r.dlq) for r in ROUTES)
 
-    def output_for(self, input_topic: str) -> str:
-        return dict(zip(self.inputs, self.outputs, strict=True))[input_topic]
+    # The topics by name, for tools and tests that address one of them.
+    @property
+    def reviews(self) -> str:
+        return self("reviews")
+
+    @property
+    def product_uploads(self) -> str:
+        return self("product-uploads")
+
+    @property
+    def clickstream(self) -> str:
+        return self("clickstream")
+
+    @property
+    def review_sentiment(self) -> str:
+        return self("review-sentiment")
+
+    @property
+    def product_categories(self) -> str:
+        return self("product-categories")
+
+    @property
+    def recommendations(self) -> str:
+        return self("recommendations")
 
 
 def changelog_topic(settings: Settings, table: str) -> str:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from fusion import errors as fusion_errors
 from fusion.preprocess import InputLimits, decode_text, review_text, validate_image
+from streams.contract import ModelInput
 from streams.errors import InvalidEvent, InvalidImage, OversizeImage, OversizeText, SchemaViolation
 from streams.events import ProductUploadEvent, ReviewEvent
-from streams.inference import ModelInput
 from streams.settings import Settings
 
 

@@ -18,7 +18,7 @@ Tables (docs/recommendations.md, "State and partitioning"):
     boards       replicated   "p<partition>" -> most popular items of that item partition   "
     embeddings   replicated   product_id -> unit vector                  written by EmbeddingSink only
 
-(`in_memory_recommender` wires the same classes over dicts, for tests and tools.)
+`streams.recommend.wiring` builds them over the tables, for the worker and in process.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class PopularCache:
 
 
 class BlendedRecommender:
-    """streams.recommendations.Recommender: record the click, answer with the blended top k."""
+    """streams.protocols.Recommender: record the click, answer with the blended top k."""
 
     model = MODEL
 
@@ -240,19 +240,3 @@ class EmbeddingSink:
                 self.content.upsert(product_id, embedding)
                 added += 1
         return added
-
-
-def in_memory_recommender(config: RecommenderConfig | None = None, partitions: int = 1) -> BlendedRecommender:
-    """The recommender over plain dicts, each click's item updates applied as soon as it is answered
-    (what the service does through the internal topic): one process, no Kafka. For tests and tools."""
-    config = config or RecommenderConfig()
-    neighbours: dict[str, Any] = {}
-    item_stats: dict[str, Any] = {}
-    boards: dict[str, Any] = {}
-    applier = ItemUpdateApplier(config, neighbours, item_stats, boards)
-
-    async def send(updates: Sequence[ItemUpdate]) -> None:
-        for p, values in route_updates(updates, partitions).items():
-            applier.apply_all(decode_updates(encode_updates(values)), p)
-
-    return BlendedRecommender(config, {}, neighbours, item_stats, boards, ContentIndex(), send, 0.0)

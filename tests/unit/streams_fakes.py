@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
+from streams.contract import ModelInfo, ModelInput, ModelOutput
 from streams.errors import InferenceUnavailable, ModelRejected
-from streams.inference import ModelInfo, ModelInput, ModelOutput
 
 LABELS = ("tshirt_top", "dress", "sneaker")
-INFO = ModelInfo("ecom_fusion", "test-1", LABELS, 4)
+INFO = ModelInfo("ecom_fusion", "test-1", LABELS, 4, ("negative", "neutral", "positive"))
 
 
 class FakeModel:
@@ -50,6 +50,9 @@ class FakeModel:
 
     async def ready(self) -> bool:
         return True
+
+    async def close(self) -> None:
+        return None
 
 
 class RecordingPublisher:

@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY
 from streams import metrics
 from streams.settings import Settings
 from streams.topics import TopicNames
+from streams.topology import MODEL_KINDS
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -17,7 +18,7 @@ def test_every_bounded_series_starts_at_zero() -> None:
     names = TopicNames.from_settings(Settings(topic_prefix="metrics-init-"))
     assert value("ecom_events_consumed_total", topic=names.reviews) is None
 
-    metrics.initialise(names.inputs, names.outputs, names.dlqs)
+    metrics.initialise(names.inputs, names.outputs, names.dlqs, MODEL_KINDS)
 
     for topic in names.inputs:
         assert value("ecom_events_consumed_total", topic=topic) == 0
@@ -33,7 +34,7 @@ def test_every_bounded_series_starts_at_zero() -> None:
 
 def test_initialising_twice_keeps_the_counts() -> None:
     names = TopicNames.from_settings(Settings(topic_prefix="metrics-twice-"))
-    metrics.initialise(names.inputs, names.outputs, names.dlqs)
+    metrics.initialise(names.inputs, names.outputs, names.dlqs, MODEL_KINDS)
     metrics.EVENTS_CONSUMED.labels(names.reviews).inc(3)
-    metrics.initialise(names.inputs, names.outputs, names.dlqs)
+    metrics.initialise(names.inputs, names.outputs, names.dlqs, MODEL_KINDS)
     assert value("ecom_events_consumed_total", topic=names.reviews) == 3

@@ -12,23 +12,15 @@ import pytest
 from streams_fakes import FakeModel, RecordingPublisher
 
 from streams.events import ClickEvent, Recommendation
-from streams.inference import InferenceService, RetryPolicy
-from streams.pipeline import Pipeline, PipelineConfig
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, partition_of
 from streams.recommend.errors import CorruptState, InvalidEmbedding
-from streams.recommend.service import (
-    ItemUpdateApplier,
-    decode_updates,
-    encode_updates,
-    in_memory_recommender,
-    route_updates,
-)
+from streams.recommend.service import ItemUpdateApplier, decode_updates, encode_updates, route_updates
 from streams.recommend.versioned import Versioned, is_newer
-from streams.recommendations import embedding_of
+from streams.recommend.wiring import embedding_of, in_memory_recommender
 from streams.records import SourceRecord
-from streams.topics import TopicNames
-from streams.validation import Limits
+from streams.runtime import build_runtime
+from streams.settings import Settings
 
 CFG = RecommenderConfig(k=5)
 
@@ -144,23 +136,12 @@ def test_embeddings_are_read_from_product_categories_records() -> None:
             embedding_of(raw)
 
 
-NAMES = TopicNames(
-    "reviews", "product-uploads", "clickstream", "review-sentiment", "product-categories", "recs"
-)
-
-
 async def test_a_click_becomes_one_recommendation_with_sources_and_its_latency() -> None:
     now = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
     publisher = RecordingPublisher()
-    inference = InferenceService(FakeModel(), max_batch=8, linger=0.005, max_in_flight=2, retry=RetryPolicy())
-    pipeline = Pipeline(
-        PipelineConfig(limits=Limits(), recommendations_k=3),
-        NAMES,
-        inference,
-        in_memory_recommender(CFG),
-        publisher,
-        clock=lambda: now,
-    )
+    settings = Settings(recommendations_k=3)
+    runtime = build_runtime(settings, None, model=FakeModel(), publisher=publisher, clock=lambda: now)
+    pipeline = runtime.pipeline
     sent_at = (now - timedelta(milliseconds=250)).timestamp()
     for n, (user, product) in enumerate([("a", "x"), ("a", "y"), ("b", "x")]):
         # The click's own ts is years old (a replay): the latency counts from its record time.
@@ -168,7 +149,7 @@ async def test_a_click_becomes_one_recommendation_with_sources_and_its_latency()
         value = orjson.dumps({**click, "action": "add_to_cart", "ts": "2017-05-07T10:00:00Z"})
         record = SourceRecord("clickstream", 0, n, user.encode(), value, sent_at)
         assert await pipeline.handle(record) == "enriched"
-    recs = [Recommendation.model_validate(v) for v in publisher.on("recs")]
+    recs = [Recommendation.model_validate(v) for v in publisher.on("recommendations")]
     assert [r.event_id for r in recs] == ["c0", "c1", "c2"]
     assert all(r.latency_ms == pytest.approx(250.0) for r in recs)
     last = recs[-1]
@@ -178,5 +159,7 @@ async def test_a_click_becomes_one_recommendation_with_sources_and_its_latency()
     click = {"event_id": "c9", "user_id": "c", "session_id": "s", "product_id": "x", "action": "view"}
     value = orjson.dumps({**click, "ts": (now - timedelta(seconds=2)).isoformat()})
     await pipeline.handle(SourceRecord("clickstream", 0, 9, b"c", value, None))
-    assert Recommendation.model_validate(publisher.on("recs")[-1]).latency_ms == pytest.approx(2000.0)
-    await inference.close()
+    assert Recommendation.model_validate(publisher.on("recommendations")[-1]).latency_ms == pytest.approx(
+        2000.0
+    )
+    await runtime.close()

@@ -8,16 +8,11 @@ import orjson
 import pytest
 from streams_fakes import FakeModel, RecordingPublisher
 
-from streams import recommendations
+from streams import faust_ext
 from streams.app import EnrichmentApp, create_app
 from streams.settings import Settings
-from streams.topics import (
-    TABLE_ITEM_STATS,
-    TABLE_NEIGHBOURS,
-    TABLE_USERS,
-    changelog_topic,
-    topic_specs,
-)
+from streams.topics import changelog_topic, topic_specs
+from streams.topology import TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_USERS
 
 
 @pytest.fixture
@@ -25,14 +20,14 @@ async def app_and_publisher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[EnrichmentApp, RecordingPublisher, FakeModel]]:
     # No broker here: the tables' changelog writes stay in Faust's buffer; count them as delivered.
-    monkeypatch.setattr(recommendations, "delivered", no_wait)
+    monkeypatch.setattr(faust_ext, "delivered", no_wait)
     settings = Settings(kafka_bootstrap="kafka://127.0.0.1:1", topic_prefix="t-", batch_linger_ms=20)
     model, publisher = FakeModel(), RecordingPublisher()
     app = create_app(settings, model=model, publisher=publisher)
     app.finalize()
     app.flow_control.resume()
     yield app, publisher, model
-    await app.services.inference.close()
+    await app.runtime.inference.close()
     # Iterating a stream makes Faust build its consumer, whose (never started) thread owns an event
     # loop that nothing closes outside a running worker.
     consumer = getattr(app, "_consumer", None)
@@ -116,7 +111,7 @@ async def test_item_updates_from_clicks_reach_the_global_tables(
     app_and_publisher: tuple[EnrichmentApp, RecordingPublisher, FakeModel],
 ) -> None:
     app, publisher, _ = app_and_publisher
-    updates_topic = app.services.recommend.item_updates_topic
+    updates_topic = app.runtime.recommend.item_updates_topic
     async with app.agents["enrich-t-clickstream"].test_context() as ctx:
         for i, product in enumerate(("chips", "salsa")):
             click = {

@@ -8,24 +8,19 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from streams.contract import ModelInfo, ModelInput, ModelOutput, parse_model_config, split_outputs
 from streams.errors import (
     BadModelResponse,
     InferenceTimeout,
     InferenceUnavailable,
     ModelRejected,
 )
-from streams.inference import (
-    InferenceService,
-    ModelInfo,
-    ModelInput,
-    ModelOutput,
-    RetryPolicy,
-    classify_triton_error,
-    parse_model_config,
-    split_outputs,
-)
+from streams.inference import InferenceService
+from streams.lifecycle import Retry, RetryPolicy
+from streams.triton_client import classify_triton_error
 
-INFO = ModelInfo("ecom_fusion", "test", ("a", "b"), 4)
+SENTIMENT = ("negative", "neutral", "positive")
+INFO = ModelInfo("ecom_fusion", "test", ("a", "b"), 4, SENTIMENT)
 
 
 def row(text: str) -> ModelInput:
@@ -72,7 +67,12 @@ class Sleeps:
 
 def service(model: FakeModel, sleep: Sleeps, max_batch: int = 8) -> InferenceService:
     return InferenceService(
-        model, max_batch=max_batch, linger=0.01, max_in_flight=2, retry=RetryPolicy(0.1, 1.0, 3), sleep=sleep
+        model,
+        kinds=("review", "product"),
+        max_batch=max_batch,
+        linger=0.01,
+        max_in_flight=2,
+        retry=Retry(RetryPolicy(0.1, 1.0, 3), sleep),
     )
 
 
@@ -114,11 +114,23 @@ def test_model_config_parameters_give_version_labels_and_size() -> None:
                 "model_version_name": {"string_value": "fusion-2024-01"},
                 "category_labels": {"string_value": json.dumps(["dress", "sneaker"])},
                 "embedding_dim": {"string_value": "256"},
+                "sentiment_labels": {"string_value": json.dumps(["positive", "neutral", "negative"])},
             },
         }
     }
     info = parse_model_config("ecom_fusion", config)
-    assert info == ModelInfo("ecom_fusion", "fusion-2024-01", ("dress", "sneaker"), 256)
+    reordered = ("positive", "neutral", "negative")  # the model's own order is kept
+    assert info == ModelInfo("ecom_fusion", "fusion-2024-01", ("dress", "sneaker"), 256, reordered)
+
+
+def test_model_config_with_other_sentiment_labels_is_a_bad_response() -> None:
+    params = {
+        "category_labels": {"string_value": json.dumps(["dress"])},
+        "embedding_dim": {"string_value": "4"},
+        "sentiment_labels": {"string_value": json.dumps(["bad", "ok", "good"])},
+    }
+    with pytest.raises(BadModelResponse, match="sentiment labels"):
+        parse_model_config("ecom_fusion", {"config": {"parameters": params}})
 
 
 def test_model_config_without_labels_is_a_bad_response() -> None:

@@ -10,7 +10,8 @@ import pytest
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.offsets import InFlight, SafeCommitConsumer, safe_commit_offset
+from streams.faust_ext import SafeCommitConsumer
+from streams.offsets import InFlight, safe_commit_offset
 
 TP0 = TP("reviews", 0)
 

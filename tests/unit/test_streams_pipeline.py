@@ -14,41 +14,33 @@ from PIL import Image
 from streams_fakes import FakeModel, RecordingPublisher
 
 from streams.errors import ShuttingDown
-from streams.inference import InferenceService, RetryPolicy
-from streams.lifecycle import Lifecycle
-from streams.pipeline import Pipeline, PipelineConfig
-from streams.recommend.service import in_memory_recommender
+from streams.pipeline import Pipeline
 from streams.records import SourceRecord
-from streams.sample import SampleEvent, broken_events
-from streams.topics import TopicNames
-from streams.validation import Limits
-
-NAMES = TopicNames(
-    reviews="reviews",
-    product_uploads="product-uploads",
-    clickstream="clickstream",
-    review_sentiment="review-sentiment",
-    product_categories="product-categories",
-    recommendations="recommendations",
-)
+from streams.runtime import Runtime, build_runtime
+from streams.settings import Settings
+from tooling.sample import SampleEvent, broken_events
 
 
-def make_pipeline(
-    model: FakeModel | None = None, limits: Limits | None = None
-) -> tuple[Pipeline, RecordingPublisher]:
+def make_runtime(model: FakeModel | None = None, **overrides: object) -> tuple[Runtime, RecordingPublisher]:
+    """The worker's own wiring (streams.runtime), without Faust: fakes only at the model and the producer."""
     publisher = RecordingPublisher()
-    inference = InferenceService(
-        model or FakeModel(), max_batch=8, linger=0.005, max_in_flight=2, retry=RetryPolicy(0.001, 0.01, 3)
+    settings = Settings.model_validate(
+        {
+            "top_k_categories": 2,
+            "batch_max_size": 8,
+            "batch_linger_ms": 5,
+            "max_in_flight": 2,
+            "retry_backoff_initial_s": 0.001,
+            "retry_backoff_max_s": 0.01,
+            **overrides,
+        }
     )
-    pipeline = Pipeline(
-        PipelineConfig(limits=limits or Limits(), top_k_categories=2),
-        NAMES,
-        inference,
-        in_memory_recommender(),
-        publisher,
-        retry=RetryPolicy(0.001, 0.01, 3),
-    )
-    return pipeline, publisher
+    return build_runtime(settings, None, model=model or FakeModel(), publisher=publisher), publisher
+
+
+def make_pipeline(model: FakeModel | None = None, **overrides: object) -> tuple[Pipeline, RecordingPublisher]:
+    runtime, publisher = make_runtime(model, **overrides)
+    return runtime.pipeline, publisher
 
 
 offsets = iter(range(10**6))
@@ -119,7 +111,7 @@ async def test_clicks_get_recommendations_keyed_by_user() -> None:
 
 @pytest.mark.parametrize("broken", broken_events("t", max_message_bytes=100_000), ids=lambda e: e.event_id)
 async def test_every_broken_sample_event_is_dead_lettered_with_its_reason(broken: SampleEvent) -> None:
-    pipeline, pub = make_pipeline(limits=Limits(max_message_bytes=100_000))
+    pipeline, pub = make_pipeline(max_message_bytes=100_000)
     topic = {"reviews": "reviews", "product-uploads": "product-uploads", "clickstream": "clickstream"}[
         broken.topic
     ]
@@ -160,31 +152,19 @@ async def test_unknown_topic_is_an_internal_error_dead_letter_not_a_crash() -> N
 
 
 async def test_a_stopping_worker_leaves_waiting_events_unfinished_not_dead_lettered() -> None:
-    lifecycle = Lifecycle()
-    publisher = RecordingPublisher()
-    retry = RetryPolicy(0.05, 0.1, 3)
-    inference = InferenceService(
+    runtime, publisher = make_runtime(
         FakeModel(transient_failures=10**6),
-        max_batch=8,
-        linger=0.0,
+        retry_backoff_initial_s=0.05,
+        retry_backoff_max_s=0.1,
+        batch_linger_ms=0,
         max_in_flight=1,
-        retry=retry,
-        sleep=lifecycle.sleep,
     )
-    pipeline = Pipeline(
-        PipelineConfig(limits=Limits()),
-        NAMES,
-        inference,
-        in_memory_recommender(),
-        publisher,
-        retry=retry,
-        sleep=lifecycle.sleep,
-    )
+    pipeline = runtime.pipeline
     waiting = asyncio.ensure_future(pipeline.handle(rec("reviews", {**REVIEW, "text": "nice"})))
     await asyncio.sleep(0.3)
     assert not waiting.done()  # Triton is away: the event waits
-    lifecycle.stop()
+    runtime.stopping()
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(waiting, 5)
     assert publisher.sent == []
-    await inference.close()
+    await runtime.close()

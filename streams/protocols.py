@@ -1,0 +1,42 @@
+"""The interfaces between the service's parts, in one place so that no two modules import each other.
+
+Each part depends on these and on value types (`streams.contract`, `streams.events`), never on the
+concrete class on the other side: the pipeline on a `Publisher`, a `Recommender` and a `ModelClient`,
+not on Faust's producer, the recommender's tables or Triton's gRPC client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from streams.contract import ModelInfo, ModelInput, ModelOutput
+from streams.events import ClickEvent, ModelRef, ScoredItem
+
+
+class Publisher(Protocol):
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        """Return once the broker has acknowledged the record; retry transient failures meanwhile.
+
+        `partition`: an explicit partition (the recommender's internal topic); else the key decides."""
+        ...
+
+
+class Recommender(Protocol):
+    model: ModelRef
+
+    async def recommend(self, click: ClickEvent, k: int) -> list[ScoredItem]:
+        """Record the click and return up to `k` items for its user, best first."""
+        ...
+
+
+class ModelClient(Protocol):
+    async def infer(self, rows: Sequence[ModelInput]) -> list[ModelOutput]: ...
+
+    async def info(self) -> ModelInfo: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...

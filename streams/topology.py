@@ -1,0 +1,140 @@
+"""The service's topology, declared once: which input becomes which output, through which step.
+
+Everything else is built from this table: the Faust agents (`streams.app`), the pipeline's dispatch
+(`streams.pipeline`), the topics to create and the metrics' initial label sets (`streams.topics`,
+`streams.metrics`), and the topic table of docs/architecture.md (`python -m streams docs`). Adding an
+input is one `Route`: its event schema, its step, its output and the output's key.
+
+    input topic        event schema          step                    output topic          key
+    reviews            ReviewEvent           enrich.review_step      review-sentiment      review_id
+    product-uploads    ProductUploadEvent    enrich.product_step     product-categories    product_id
+    clickstream        ClickEvent            enrich.click_step       recommendations       user_id
+    (every input)      -                     (a bad event)           <input>.dlq           source key
+
+Beside the routes, the recommender keeps state in Faust tables fed by two more streams (`STATE_FEEDS`):
+its own internal item-update topic, and the `product-categories` output (embeddings for content
+similarity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from streams import enrich
+from streams.events import ClickEvent, InputEvent, ProductUploadEvent, ReviewEvent
+from streams.records import SourceRecord
+
+Step = Callable[[enrich.StepContext, Any, SourceRecord], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One input topic and what becomes of its events. Topic names are before the ECOM_TOPIC_PREFIX."""
+
+    input: str
+    event: type[InputEvent]  # the input schema: an event that does not parse goes to `dlq`
+    step: Step  # what the event becomes (streams.enrich)
+    output: str
+    key: str  # the output record's key: this field of the input event
+    # "concurrent": ECOM_AGENT_CONCURRENCY actors share micro-batches; "per_key": events of one key run
+    # one after another in partition order, different keys concurrently (ECOM_CLICK_CONCURRENCY).
+    ordering: Literal["concurrent", "per_key"]
+    model_kind: str | None  # the micro-batcher the step sends to the model through, if any
+    adds: str  # what the output adds, for the docs
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.input}.dlq"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        input="reviews",
+        event=ReviewEvent,
+        step=enrich.review_step,
+        output="review-sentiment",
+        key="review_id",
+        ordering="concurrent",
+        model_kind="review",
+        adds="sentiment (negative / neutral / positive) with probabilities",
+    ),
+    Route(
+        input="product-uploads",
+        event=ProductUploadEvent,
+        step=enrich.product_step,
+        output="product-categories",
+        key="product_id",
+        ordering="concurrent",
+        model_kind="product",
+        adds="category with top scores, and an L2-normalised product embedding",
+    ),
+    Route(
+        input="clickstream",
+        event=ClickEvent,
+        step=enrich.click_step,
+        output="recommendations",
+        key="user_id",
+        ordering="per_key",
+        model_kind=None,
+        adds="the shopper's next items, each with a score and the source that put it there",
+    ),
+)
+
+MODEL_KINDS: tuple[str, ...] = tuple(r.model_kind for r in ROUTES if r.model_kind is not None)
+
+# The recommender's Faust tables (docs/recommendations.md, "State and partitioning"). The users table is
+# co-partitioned with the clickstream; the others are replicated on every worker.
+TABLE_USERS = "recommend-users"
+TABLE_NEIGHBOURS = "recommend-neighbours"
+TABLE_ITEM_STATS = "recommend-item-stats"
+TABLE_POPULAR = "recommend-popular"
+TABLE_EMBEDDINGS = "recommend-embeddings"
+TABLES = (TABLE_USERS, TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR, TABLE_EMBEDDINGS)
+
+# Internal topics (named after the app id, like the changelogs): the recommender's item updates,
+# routed by item so that every item's rows have one writer.
+ITEM_UPDATES = "recommend-item-updates"
+INTERNAL_TOPICS = (ITEM_UPDATES,)
+
+
+@dataclass(frozen=True)
+class StateFeed:
+    """A stream the recommender's tables are written from (no output, no dead letters)."""
+
+    agent: str
+    source: str  # an internal topic, or an output of a route
+    internal: bool
+    writes: tuple[str, ...]
+
+
+STATE_FEEDS: tuple[StateFeed, ...] = (
+    StateFeed(
+        "recommend-item-updates",
+        ITEM_UPDATES,
+        internal=True,
+        writes=(TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR),
+    ),
+    StateFeed("recommend-embeddings", "product-categories", internal=False, writes=(TABLE_EMBEDDINGS,)),
+)
+
+
+def route_for(input_topic: str) -> Route:
+    for route in ROUTES:
+        if route.input == input_topic:
+            return route
+    raise KeyError(input_topic)
+
+
+def topic_table_markdown() -> str:
+    """The topic table of the docs, rendered from the routes."""
+    lines = ["| input topic | output topic | key | what is added |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{r.input}` | `{r.output}` | `{r.key}` | {r.adds} |" for r in ROUTES]
+    lines.append(
+        "| every input | `<input>.dlq` | the source key "
+        "| the error, the source coordinates, the original record |"
+    )
+    return "\n".join(lines) + "\n"
