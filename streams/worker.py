@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
-import time
 
+from streams.lifecycle import Retry, RetryPolicy
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.topics import TopicSetupError, TopicsReady, create_topics
@@ -16,20 +16,24 @@ log = logging.getLogger(__name__)
 
 def ensure_topics(settings: Settings, *, create: bool, wait: float = 60.0) -> TopicsReady:
     """Create (or only check) every topic before Faust subscribes; wait a while for the broker."""
-    deadline = time.monotonic() + wait
-    attempt = 0
-    while True:
-        try:
-            return asyncio.run(create_topics(settings, create=create))
-        except TopicSetupError:
-            raise
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise TopicSetupError(f"broker {settings.kafka_bootstrap} not reachable: {exc}") from exc
-            delay = min(5.0, 0.5 * 2**attempt)
-            log.warning("topic setup failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-            time.sleep(delay)
-            attempt += 1
+
+    def unreachable(exc: BaseException, attempt: int) -> bool:
+        return not isinstance(exc, TopicSetupError)  # a setup error is final; anything else may pass
+
+    retry = Retry(RetryPolicy(initial=0.5, maximum=5.0))
+    try:
+        return asyncio.run(
+            retry.call(
+                lambda: create_topics(settings, create=create),
+                what="topic setup",
+                should_retry=unreachable,
+                give_up_after_s=wait,
+            )
+        )
+    except TopicSetupError:
+        raise
+    except Exception as exc:
+        raise TopicSetupError(f"broker {settings.kafka_bootstrap} not reachable: {exc}") from exc
 
 
 def run_worker(settings: Settings, *, create_topics: bool = True) -> int:
