@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad_kinds:
         raise SystemExit(f"--kinds: unknown {sorted(bad_kinds)}")
     sys.stdout.write(f"results go to {options.out}\n")
-    from streams.embedded.process import sigterm_as_interrupt
+    from tooling.embedded.process import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # a killed benchmark still stops its servers by PID
         data = run(options)

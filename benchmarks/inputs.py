@@ -4,7 +4,7 @@
 `reviews.jsonl`, `products.jsonl` and `manifest.json` into a folder; `load_inputs` reads them back with
 nothing but the standard library, so the run step works on a machine that has neither data set.
 
-- Reviews: the model's test split (`streams.sample.heldout_reviews`, never a training review); the text
+- Reviews: the model's test split (`tooling.sample.heldout_reviews`, never a training review); the text
   is title + body the way the model reads it.
 - Listings: Fashion-MNIST test images encoded as PNG. Fashion-MNIST has no listing text, so the title is
   the image's class name (the one text that really belongs to the image) and the description is a
@@ -149,7 +149,7 @@ def _lines(path: Path) -> Iterator[str]:
 def prepare(out: Path, *, reviews: int, products: int, seed: int = 0) -> BenchInputs:
     from fusion.data import load_reviews, review_splits
     from fusion.taxonomy import FMNIST_CLASSES, FMNIST_TO_LEAF, LEAF_NAMES
-    from streams.sample import fashion_mnist_test, heldout_reviews, png_bytes
+    from tooling.sample import fashion_mnist_test, heldout_reviews, png_bytes
 
     review_rows = heldout_reviews(reviews, seed)
     review_items = [

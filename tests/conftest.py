@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import Broker, TritonServer
+from tooling.embedded import Broker, TritonServer
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

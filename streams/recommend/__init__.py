@@ -5,8 +5,9 @@
 - `popularity`: item statistics and the most-popular boards;
 - `content`: product-embedding similarity (cold start);
 - `ranker`: candidates, features and the weighted blend;
-- `engine`: the user step and the item step the agents run, and an in-process runner;
-- `evaluation`, `evaluate_offline`: the issue's protocol and its offline run.
+- `engine`: the user step and the item step the agents run, and an in-process runner.
+
+Its evaluation (offline and through the running service) is tooling: `tooling.recommend_eval`.
 """
 
 from streams.recommend.config import SOURCES, RecommenderConfig, Weights

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from deploytools import ECHO_CONFIG, ECHO_MODEL, infer_echo
 
-from streams.embedded import TritonServer
+from tooling.embedded import TritonServer
 
 
 @pytest.fixture(scope="session")

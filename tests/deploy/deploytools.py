@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from streams.embedded import TritonServer
+from tooling.embedded import TritonServer
 
 # Shared with the live scrape test (tests/integration/test_prometheus_scrape.py); re-exported here.
-from streams.embedded.prometheus import dashboard_panels as dashboard_panels
-from streams.embedded.prometheus import dashboard_queries as dashboard_queries
-from streams.embedded.prometheus import grafana_to_promql as grafana_to_promql
+from tooling.embedded.prometheus import dashboard_panels as dashboard_panels
+from tooling.embedded.prometheus import dashboard_queries as dashboard_queries
+from tooling.embedded.prometheus import grafana_to_promql as grafana_to_promql
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_TESTS = Path(__file__).resolve().parent

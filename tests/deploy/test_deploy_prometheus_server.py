@@ -9,8 +9,8 @@ import pytest
 import yaml
 from deploytools import ALERTS_FILE, PROMETHEUS_DIR, all_queries, grafana_to_promql, infer_echo, run, tool
 
-from streams.embedded import TritonServer
-from streams.embedded.prometheus import PrometheusError, PrometheusServer, render_config
+from tooling.embedded import TritonServer
+from tooling.embedded.prometheus import PrometheusError, PrometheusServer, render_config
 
 pytestmark = pytest.mark.integration
 needs_prometheus = pytest.mark.skipif(

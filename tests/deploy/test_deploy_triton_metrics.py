@@ -22,7 +22,7 @@ from deploytools import (
     read_contracts,
 )
 
-from streams.embedded import TritonServer
+from tooling.embedded import TritonServer
 
 pytestmark = pytest.mark.integration
 

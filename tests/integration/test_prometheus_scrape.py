@@ -22,19 +22,19 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.embedded import Broker, TritonServer
-from streams.embedded.prometheus import (
+from streams.settings import Settings
+from streams.topics import TopicNames, create_topics
+from tooling.embedded import Broker, TritonServer
+from tooling.embedded.prometheus import (
     PrometheusError,
     PrometheusServer,
     dashboard_queries,
     grafana_to_promql,
     prometheus_binary,
 )
-from streams.embedded.worker import QUICK_GROUP, WorkerProcess, worker_env
-from streams.replay import produce
-from streams.sample import SampleEvent, build_sample
-from streams.settings import Settings
-from streams.topics import TopicNames, create_topics
+from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, worker_env
+from tooling.replay import produce
+from tooling.sample import SampleEvent, build_sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml"

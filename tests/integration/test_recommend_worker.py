@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from streams.embedded import Broker, TritonServer
-from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click, LocalRecommender
-from streams.recommend.evaluate import click_event, wait_item_updates_applied
-from streams.recommend.evaluation import clicks_from_frame, load_orders, synthesise_clicks
-from streams.replay import Accounting, Collector, new_accounting, produce
-from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
 from streams.topics import create_topics
+from tooling.embedded import Broker, TritonServer
+from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
+from tooling.recommend_eval.protocol import clicks_from_frame, load_orders, synthesise_clicks
+from tooling.recommend_eval.through_service import click_event, wait_item_updates_applied
+from tooling.replay import Accounting, Collector, new_accounting, produce
+from tooling.sample import SampleEvent, build_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

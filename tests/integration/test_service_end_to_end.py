@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.embedded import Broker, TritonServer
-from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
-from streams.replay import Accounting, Collector, new_accounting, produce
-from streams.sample import SampleEvent, build_sample, heldout_reviews, review_events
 from streams.settings import Settings
 from streams.topics import create_topics
+from tooling.embedded import Broker, TritonServer
+from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
+from tooling.replay import Accounting, Collector, new_accounting, produce
+from tooling.sample import SampleEvent, build_sample, heldout_reviews, review_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -19,12 +19,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.embedded import Broker, TritonServer, free_port
-from streams.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
-from streams.replay import Accounting, Collector, new_accounting, produce
-from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
 from streams.topics import client_options, create_topics
+from tooling.embedded import Broker, TritonServer, free_port
+from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
+from tooling.replay import Accounting, Collector, new_accounting, produce
+from tooling.sample import SampleEvent, build_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -17,7 +17,7 @@ from fusion.data import load_fashion_mnist, load_reviews, review_splits
 from fusion.network import Predictor, load_tuned
 from fusion.preprocess import InputLimits, prepare_image
 from fusion.taxonomy import LEAF_NAMES
-from streams.embedded import TritonServer
+from tooling.embedded import TritonServer
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from benchmarks.stream import StreamConfig
 from benchmarks.triton_load import LoadPoint, counter_delta
 from benchmarks.tritonconfig import TritonVariant, apply_variant, current_settings
 from streams.events import ProductUploadEvent, ReviewEvent
-from streams.sample import png_bytes
 from streams.validation import Limits, product_input, review_input
+from tooling.sample import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -297,7 +297,7 @@ sys.meta_path.insert(0, Block())
 import benchmarks.__main__, benchmarks.run, benchmarks.stream, benchmarks.triton_load
 import benchmarks.model, benchmarks.report, benchmarks.profile, benchmarks.tritonconfig
 import fusion.serving  # the model, in-process and inside Triton
-import streams.app, streams.worker, streams.embedded.worker  # the worker process
+import streams.app, streams.worker, tooling.embedded.worker  # the worker process
 from pathlib import Path
 from benchmarks.inputs import load_inputs, model_row
 inputs = load_inputs(Path(sys.argv[1]))

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from streams.embedded.process import sigterm_as_interrupt
+from tooling.embedded.process import sigterm_as_interrupt
 
 
 def test_sigterm_raises_keyboard_interrupt_and_the_handler_is_restored() -> None:

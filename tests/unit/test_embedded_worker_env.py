@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.embedded.worker import QUICK_GROUP, worker_env
 from streams.settings import Settings
+from tooling.embedded.worker import QUICK_GROUP, worker_env
 
 
 def test_worker_env_round_trips_through_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

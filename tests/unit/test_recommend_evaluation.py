@@ -10,8 +10,8 @@ import pytest
 
 from streams.recommend.config import RecommenderConfig, Weights
 from streams.recommend.engine import Click
-from streams.recommend.evaluate_offline import FeatureBank, evaluate_split
-from streams.recommend.evaluation import (
+from tooling.recommend_eval.offline import FeatureBank, evaluate_split
+from tooling.recommend_eval.protocol import (
     EVAL_WEEK_START,
     CoOccurrence,
     MostPopular,
@@ -167,8 +167,13 @@ def test_the_fast_tuner_scores_exactly_like_the_blend() -> None:
 
 def test_the_service_evaluator_sends_the_clicks_as_the_shop_would_and_reads_first_answers() -> None:
     from streams.events import ClickEvent
-    from streams.recommend.evaluate import Phase, click_event, select_users, served_recommendations
-    from streams.replay import Received, new_accounting
+    from tooling.recommend_eval.through_service import (
+        Phase,
+        click_event,
+        select_users,
+        served_recommendations,
+    )
+    from tooling.replay import Received, new_accounting
 
     c = Click("ic-7-2", "ic-1", "order-7", "ic-196", "add_to_cart", 1494151260.0)
     event = click_event(c)

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from streams.embedded.process import ManagedProcess, free_port
 from streams.settings import Settings
+from tooling.embedded.process import ManagedProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

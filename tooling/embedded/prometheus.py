@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from streams.embedded.process import ManagedProcess, free_port
+from tooling.embedded.process import ManagedProcess, free_port
 
 
 class PrometheusError(RuntimeError):

@@ -1,6 +1,6 @@
 """`python -m streams demo`: the embedded default, end to end, on real data.
 
-Starts the Kafka-compatible broker and Triton (streams.embedded), creates the topics, starts the worker
+Starts the Kafka-compatible broker and Triton (tooling.embedded), creates the topics, starts the worker
 as a separate process (as in production), replays real reviews, product photos and clicks plus a few
 broken events, waits until every event has its output or dead letter, prints a summary, and stops
 everything it started (by PID), also on Ctrl-C.
@@ -19,13 +19,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.embedded import Broker, TritonServer
-from streams.embedded.process import sigterm_as_interrupt
-from streams.embedded.worker import WorkerProcess, http_get
-from streams.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
-from streams.sample import SampleEvent, build_sample
 from streams.settings import Settings
 from streams.topics import create_topics
+from tooling.embedded import Broker, TritonServer
+from tooling.embedded.process import sigterm_as_interrupt
+from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
+from tooling.sample import SampleEvent, build_sample
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]

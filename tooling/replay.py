@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from streams.sample import SampleEvent, build_sample, physical_topic
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options
+from tooling.sample import SampleEvent, build_sample, physical_topic
 
 log = logging.getLogger(__name__)
 

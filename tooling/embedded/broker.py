@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from streams.embedded.process import ManagedProcess, free_port
+from tooling.embedded.process import ManagedProcess, free_port
 
 
 def broker_binary() -> Path:

@@ -1,8 +1,8 @@
 """Evaluate the recommender through the running service, by the issue's protocol (issue 4).
 
-    python -m streams.recommend.evaluate                   # the whole Instacart sample
-    python -m streams.recommend.evaluate --users 100       # 100 random shoppers: a quick run
-    python -m streams.recommend.evaluate --json /tmp/eval.json --log-dir /tmp/eval-logs
+    python -m tooling.recommend_eval.through_service                   # the whole Instacart sample
+    python -m tooling.recommend_eval.through_service --users 100       # 100 random shoppers: a quick run
+    python -m tooling.recommend_eval.through_service --json /tmp/eval.json --log-dir /tmp/eval-logs
 
 What it does, all of it real: starts the embedded Kafka-compatible broker and Triton (the worker checks
 Triton for its readiness and runs its other agents next to the clickstream one), creates the topics,
@@ -16,7 +16,7 @@ starts a worker process (`python -m streams worker`), and replays the sample's o
    that of a service keeping up, not of a queue.
 
 It reads the `recommendations` topic back, scores the recommendation answering each held-out
-add-to-cart against the next item of the same cart (streams.recommend.evaluation: the same points and
+add-to-cart against the next item of the same cart (tooling.recommend_eval.protocol: the same points and
 metrics as the offline evaluator), next to the most-popular and co-occurrence baselines computed here on
 the same clicks and points, and the offline (in-process) recommender as a reference. It also reports
 the recommendation events read against the clicks sent, the click-to-publish latency (the events'
@@ -48,7 +48,10 @@ import pandas as pd
 
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click
-from streams.recommend.evaluation import (
+from streams.settings import Settings
+from streams.topics import changelog_topic, client_options, create_topics, internal_topic
+from streams.topology import INTERNAL_TOPICS, TABLES
+from tooling.recommend_eval.protocol import (
     CoOccurrence,
     MostPopular,
     OnlineRecommender,
@@ -61,17 +64,8 @@ from streams.recommend.evaluation import (
     score,
     synthesise_clicks,
 )
-from streams.replay import Accounting, Collector, new_accounting, produce
-from streams.sample import SampleEvent
-from streams.settings import Settings
-from streams.topics import (
-    INTERNAL_TOPICS,
-    TABLES,
-    changelog_topic,
-    client_options,
-    create_topics,
-    internal_topic,
-)
+from tooling.replay import Accounting, Collector, new_accounting, produce
+from tooling.sample import SampleEvent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -352,7 +346,7 @@ def score_all(
         "co-occurrence (session sum)": CoOccurrence(k, "session"),
     }
     if reference:
-        from streams.recommend.evaluate_offline import Blended
+        from tooling.recommend_eval.offline import Blended
 
         recommenders["blended, in process (offline reference)"] = Blended(RecommenderConfig(k=k))
     answers = replay(split, recommenders, points)
@@ -381,8 +375,8 @@ def source_mix(phase: Phase) -> dict[str, float]:
 
 
 def run(options: Options, out_json: Path | None) -> int:
-    from streams.embedded import Broker, TritonServer
-    from streams.embedded.worker import WorkerProcess, http_get
+    from tooling.embedded import Broker, TritonServer
+    from tooling.embedded.worker import WorkerProcess, http_get
 
     k = RecommenderConfig().k
     offset = {"test": 0, "validation": 1}[options.split]
@@ -555,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.log_dir,
         reference=not args.no_reference,
     )
-    from streams.embedded.process import sigterm_as_interrupt
+    from tooling.embedded.process import sigterm_as_interrupt
 
     # SIGTERM (kill, timeout) stops the broker, Triton and the worker by PID on the way out, as Ctrl-C does.
     with sigterm_as_interrupt():

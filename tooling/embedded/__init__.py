@@ -5,8 +5,8 @@ On machines without Docker or a GPU, `Broker` runs the Tansu broker shipped in `
 Both are context managers that own the processes they start and stop them by PID.
 """
 
-from streams.embedded.broker import Broker
-from streams.embedded.process import ManagedProcess, free_port
-from streams.embedded.triton import TritonServer
+from tooling.embedded.broker import Broker
+from tooling.embedded.process import ManagedProcess, free_port
+from tooling.embedded.triton import TritonServer
 
 __all__ = ["Broker", "ManagedProcess", "TritonServer", "free_port"]

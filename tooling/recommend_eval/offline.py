@@ -1,12 +1,12 @@
 """Offline evaluation of the recommender by the issue's protocol, with no broker.
 
-    python -m streams.recommend.evaluate_offline               # validation and test, default weights
-    python -m streams.recommend.evaluate_offline --tune        # choose weights on validation, then test
-    python -m streams.recommend.evaluate_offline --set neighbour_top_n=20 --split test
+    python -m tooling.recommend_eval.offline               # validation and test, default weights
+    python -m tooling.recommend_eval.offline --tune        # choose weights on validation, then test
+    python -m tooling.recommend_eval.offline --set neighbour_top_n=20 --split test
 
 The Instacart sample is replayed click by click through the same steps the service runs
 (streams.recommend.engine), and scored at exactly the points the through-the-service evaluator scores
-(streams.recommend.evaluation). The baselines consume the same clicks and answer the same points.
+(tooling.recommend_eval.protocol). The baselines consume the same clicks and answer the same points.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import orjson
 from streams.recommend.config import RecommenderConfig, Weights
 from streams.recommend.cooccurrence import decode_row
 from streams.recommend.engine import Click, LocalRecommender
-from streams.recommend.evaluation import (
+from streams.recommend.popularity import decode_stats
+from streams.recommend.ranker import Candidates, blend, candidate_features
+from streams.recommend.state import UserState
+from tooling.recommend_eval.protocol import (
     CoOccurrence,
     MostPopular,
     OnlineRecommender,
@@ -44,9 +47,6 @@ from streams.recommend.evaluation import (
     score,
     synthesise_clicks,
 )
-from streams.recommend.popularity import decode_stats
-from streams.recommend.ranker import Candidates, blend, candidate_features
-from streams.recommend.state import UserState
 
 
 class Blended:
