@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
     app_id: str = Field(default="ecom-enrichment", description="Faust app id = consumer group")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    # A worker joins its group in about a second with these on the embedded broker (infra.md).
+    # A worker joins its group in about a second with these on the embedded broker.
     broker_rebalance_timeout_s: float = Field(default=5.0, gt=0)
     broker_session_timeout_s: float = Field(default=10.0, gt=0)
     broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
@@ -106,6 +106,23 @@ class Settings(BaseSettings):
                 "ECOM_KAFKA_SASL_USERNAME and ECOM_KAFKA_SASL_PASSWORD"
             )
         return self
+
+    def to_env(self) -> dict[str, str]:
+        """The `ECOM_*` variables from which `Settings()` reads these settings back: how a worker process
+        started by another program is given them. Secrets are revealed; unset optional settings are left
+        out."""
+        prefix = self.model_config.get("env_prefix", "")
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"{prefix}{name}".upper()] = str(value)
+        return env
 
     @property
     def bootstrap_servers(self) -> list[str]:
