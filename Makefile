@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck train clean
+.PHONY: install demo test test-unit test-integration test-deploy lint typecheck train clean
 
 $(STAMP): pyproject.toml requirements/assets.txt requirements/debian.txt scripts/bootstrap.sh
 	./scripts/bootstrap.sh
@@ -17,6 +17,17 @@ demo: $(STAMP)
 ## Unit, integration (real broker and Triton) and deployment-file tests.
 test: $(STAMP)
 	$(PY) -m pytest
+
+## One tier at a time: no network; the real broker, Triton and Prometheus (about 5 minutes);
+## the deployment files (a few checks start a throwaway Triton).
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+test-deploy: $(STAMP)
+	$(PY) -m pytest tests/deploy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,6 @@
-"""Small, pure helpers for the figures: percentiles, windowed rates, process CPU time."""
+"""Small, pure helpers for the figures: latency summaries, windowed rates, process CPU time.
+
+Percentiles are `tooling.stats.percentile`, the one formula of every reported figure."""
 
 from __future__ import annotations
 
@@ -7,15 +9,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in 0..100; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+from tooling.stats import percentile
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:

@@ -56,15 +56,8 @@ class StreamConfig:
         s = Settings()
         return cls(name, s.batch_max_size, s.batch_linger_ms, s.max_in_flight, s.agent_concurrency)
 
-    def env(self) -> dict[str, str]:
-        return {
-            "ECOM_BATCH_MAX_SIZE": str(self.batch_max_size),
-            "ECOM_BATCH_LINGER_MS": str(self.batch_linger_ms),
-            "ECOM_MAX_IN_FLIGHT": str(self.max_in_flight),
-            "ECOM_AGENT_CONCURRENCY": str(self.agent_concurrency),
-        }
-
     def describe(self) -> dict[str, Any]:
+        """The settings this configuration sets, by `Settings` field name."""
         return {
             "batch_max_size": self.batch_max_size,
             "batch_linger_ms": self.batch_linger_ms,
@@ -260,21 +253,16 @@ class Probes:
 def worker_batches(metrics_url: str, kind: Kind) -> dict[str, float]:
     """Inference requests and rows the worker sent for `kind` (ecom_inference_batch_size)."""
     from tooling.embedded.worker import http_get
+    from tooling.promtext import metric_sum
 
-    counts = {"requests": 0.0, "rows": 0.0}
     try:
         text = http_get(metrics_url, timeout=5)[1]
     except OSError:
-        return counts
-    label = f'kind="{kind}"'
-    for line in text.splitlines():
-        if label not in line:
-            continue
-        if line.startswith("ecom_inference_batch_size_count"):
-            counts["requests"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("ecom_inference_batch_size_sum"):
-            counts["rows"] += float(line.rsplit(" ", 1)[1])
-    return counts
+        return {"requests": 0.0, "rows": 0.0}
+    return {
+        "requests": metric_sum(text, "ecom_inference_batch_size_count", kind=kind),
+        "rows": metric_sum(text, "ecom_inference_batch_size_sum", kind=kind),
+    }
 
 
 async def saturate(
@@ -397,7 +385,7 @@ class StreamRun:
     def start(self) -> None:
         from streams.settings import Settings
         from streams.topics import create_topics
-        from tooling.embedded.worker import WorkerProcess
+        from tooling.embedded.worker import QUICK_GROUP, WorkerProcess
 
         tag = f"bench-{self.run_id}-{self.config.name}"
         partitions = max(4, self.workers)  # every worker owns at least one partition of each input
@@ -407,26 +395,23 @@ class StreamRun:
             topic_prefix=f"{tag}-",
             app_id=tag,
             partitions=partitions,
+            # A lone worker joins its group after the rebalance timeout: keep start-up short.
+            broker_rebalance_timeout_s=QUICK_GROUP["broker_rebalance_timeout_s"],
+            broker_session_timeout_s=QUICK_GROUP["broker_session_timeout_s"],
+            **self.config.describe(),
         )
         asyncio.run(create_topics(self.settings))
-        env = {
-            "ECOM_KAFKA_BOOTSTRAP": self.broker.url,
-            "ECOM_TRITON_GRPC_URL": self.triton.grpc_url,
-            "ECOM_TOPIC_PREFIX": self.settings.topic_prefix,
-            "ECOM_APP_ID": tag,
-            "ECOM_PARTITIONS": str(partitions),
-            # A lone worker joins its group after the rebalance timeout: keep start-up short.
-            "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-            "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-            **self.config.env(),
-            **self.extra_env,
-        }
         for i in range(self.workers):
             name = f"worker-{self.config.name}" + (f"-{i}" if self.workers > 1 else "")
             # Faust keeps a data folder per app, by default in the working directory (the repository).
             datadir = Path(tempfile.mkdtemp(prefix=f"{tag}-{i}-data-"))
             self._datadirs.append(datadir)
-            worker = WorkerProcess({**env, "APP_DATADIR": str(datadir)}, log_dir=self.log_dir, name=name)
+            worker = WorkerProcess(
+                self.settings,
+                log_dir=self.log_dir,
+                name=name,
+                env={**self.extra_env, "APP_DATADIR": str(datadir)},
+            )
             self.processes.append(worker)
             worker.start(timeout=240)
         if self.workers > 1:

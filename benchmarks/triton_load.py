@@ -18,6 +18,7 @@ from typing import Any
 
 from benchmarks.inputs import BenchInputs, Kind, cycle, items, model_row
 from benchmarks.stats import latency_summary, tree_cpu_seconds
+from tooling.promtext import metric_sum
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,7 @@ def triton_counters(metrics_url: str) -> dict[str, float]:
             text = resp.read().decode()
     except OSError:
         return totals
-    for line in text.splitlines():
-        for name in wanted:
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                totals[name] += float(line.rsplit(" ", 1)[1])
-    return totals
+    return {name: metric_sum(text, name) for name in wanted}
 
 
 def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -24,8 +23,10 @@ from streams.topics import create_topics
 from tooling.embedded import Broker, TritonServer
 from tooling.embedded.process import sigterm_as_interrupt
 from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.promtext import metric_sum
 from tooling.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
 from tooling.sample import SampleEvent, build_sample
+from tooling.stats import percentile
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,14 +88,7 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
             ready = asyncio.run(create_topics(settings))
             say(f"[3/6] created {len(ready.created)} topics with {settings.partitions} partitions each")
 
-            worker = WorkerProcess(
-                {
-                    "ECOM_KAFKA_BOOTSTRAP": broker.url,
-                    "ECOM_TRITON_GRPC_URL": triton.grpc_url,
-                    "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-                },
-                log_dir=log_dir,
-            )
+            worker = WorkerProcess(settings, log_dir=log_dir)
             stack.callback(worker.stop)
             worker.start()
             web_port = worker.web_port
@@ -144,16 +138,6 @@ async def _replay(
         await collector.stop()
 
 
-def _metric_sum(text: str, name: str, labels: str = "") -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (not labels or labels in line):
-            rest = line[len(name) :]
-            if rest.startswith(("{", " ")):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def _quality(records: list[tuple[SampleEvent, Received]]) -> None:
     """Agreement with the data sets' own labels on this sample (held-out reviews, Fashion-MNIST test)."""
     from fusion.taxonomy import FMNIST_TO_LEAF, SENTIMENT_LABELS, sentiment_from_rating
@@ -185,10 +169,7 @@ def _quality(records: list[tuple[SampleEvent, Received]]) -> None:
 
 
 def _percentiles(values: list[float]) -> str:
-    values = sorted(values)
-    p50 = statistics.median(values)
-    p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
-    return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    return f"p50 {percentile(values, 50) * 1000:.0f} ms, p99 {percentile(values, 99) * 1000:.0f} ms"
 
 
 def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonServer, burst: bool) -> None:
@@ -235,14 +216,14 @@ def summary(accounting: Accounting, wall: float, web_port: int, triton: TritonSe
     with contextlib.suppress(Exception):
         worker = http_text(f"http://127.0.0.1:{web_port}/metrics")
         for kind in ("review", "product"):
-            n = _metric_sum(worker, "ecom_inference_batch_size_count", f'kind="{kind}"')
-            s = _metric_sum(worker, "ecom_inference_batch_size_sum", f'kind="{kind}"')
+            n = metric_sum(worker, "ecom_inference_batch_size_count", kind=kind)
+            s = metric_sum(worker, "ecom_inference_batch_size_sum", kind=kind)
             if n:
                 say(f"  inference:       {kind}: {n:.0f} requests, mean batch {s / n:.1f} rows")
     with contextlib.suppress(Exception):
         server = http_text(triton.metrics_url)
-        count = _metric_sum(server, "nv_inference_count")
-        execs = _metric_sum(server, "nv_inference_exec_count")
+        count = metric_sum(server, "nv_inference_count")
+        execs = metric_sum(server, "nv_inference_exec_count")
         if execs:
             say(
                 f"  triton:          {count:.0f} rows in {execs:.0f} model executions "

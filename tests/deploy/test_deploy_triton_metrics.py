@@ -7,7 +7,6 @@ checked against docs/architecture.md's list, and against a live scrape only wher
 
 from __future__ import annotations
 
-import re
 import shutil
 import urllib.request
 
@@ -23,28 +22,15 @@ from deploytools import (
 )
 
 from tooling.embedded import TritonServer
+from tooling.promtext import series_labels
 
 pytestmark = pytest.mark.integration
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"')
-
-
 def scrape(server: TritonServer) -> dict[str, set[str]]:
-    """Series name -> label names, from the server's metrics port, exactly as exposed.
-
-    Read by hand rather than with prometheus_client's parser, which renames counters to `<name>_total`
-    while Prometheus stores them under the exposed name (Triton's have no suffix).
-    """
+    """Series name -> label names, from the server's metrics port, under the names it exposes."""
     with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    series: dict[str, set[str]] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match:
-            series.setdefault(match.group(1), set()).update(_LABEL.findall(match.group(2) or ""))
-    return series
+        return series_labels(resp.read().decode())
 
 
 def test_triton_exports_every_nv_metric_the_queries_use(echo_triton: TritonServer) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import yaml
 
 from streams.settings import Settings
 from streams.topics import TopicNames, create_topics
-from tooling.embedded import Broker, TritonServer
+from tooling.embedded import TritonServer
 from tooling.embedded.prometheus import (
     PrometheusError,
     PrometheusServer,
@@ -32,7 +32,7 @@ from tooling.embedded.prometheus import (
     grafana_to_promql,
     prometheus_binary,
 )
-from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, worker_env
+from tooling.embedded.worker import WorkerProcess
 from tooling.replay import produce
 from tooling.sample import SampleEvent, build_sample
 
@@ -80,25 +80,14 @@ MUST_BE_POSITIVE = (
 
 
 @pytest.fixture
-def settings(broker: Broker, triton: TritonServer, unique_suffix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=broker.url,
-        triton_grpc_url=triton.grpc_url,
-        topic_prefix=f"prom-{unique_suffix}-",
-        app_id=f"prom-{unique_suffix}",
-        max_message_bytes=200_000,
-        health_interval_s=1.0,
-    )
+def settings(service_settings: Callable[..., Settings]) -> Settings:
+    return service_settings("prom")
 
 
 @pytest.fixture
-def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+def worker(settings: Settings, new_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     asyncio.run(create_topics(settings))
-    process = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
+    return new_worker(settings).start()
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -20,30 +19,15 @@ from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click, LocalRecommender
 from streams.settings import Settings
 from streams.topics import create_topics
-from tooling.embedded import Broker, TritonServer
-from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
+from tooling.embedded.worker import WorkerProcess, http_get
 from tooling.recommend_eval.protocol import clicks_from_frame, load_orders, synthesise_clicks
 from tooling.recommend_eval.through_service import click_event, wait_item_updates_applied
-from tooling.replay import Accounting, Collector, new_accounting, produce
-from tooling.sample import SampleEvent, build_sample
+from tooling.replay import Accounting, replay_and_collect
+from tooling.sample import build_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 CONFIG = RecommenderConfig()
-
-
-def service_settings(broker: Broker, triton: TritonServer, suffix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=broker.url,
-        triton_grpc_url=triton.grpc_url,
-        topic_prefix=f"rec-{suffix}-",
-        app_id=f"rec-{suffix}",
-        max_message_bytes=200_000,
-    )
-
-
-# Other workers' embeddings are indexed twice a second instead of every 5 s.
-WORKER_SETTINGS = {**QUICK_GROUP, "embedding_sync_interval_s": "0.5"}
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +44,6 @@ def orders_of(clicks: Sequence[Click], users: Sequence[str], orders: slice) -> l
             sessions[c.user_id].append(c.session_id)
     chosen = {s for u in users for s in sessions[u][orders]}
     return [c for c in clicks if c.session_id in chosen]
-
-
-async def replay(settings: Settings, events: Sequence[SampleEvent], wait_s: float = 120) -> Accounting:
-    collector = Collector(settings)
-    await collector.start()
-    try:
-        accounting = new_accounting(events)
-        await produce(settings, events)
-        return await collector.collect(accounting, wait_s=wait_s, settle=0.5)
-    finally:
-        await collector.stop()
 
 
 def answers(accounting: Accounting) -> dict[str, dict[str, Any]]:
@@ -126,18 +99,11 @@ def assert_rows_match(rows: tuple[Any, Any], ref: LocalRecommender, item: str) -
 
 
 @pytest.fixture
-def settings(broker: Broker, triton: TritonServer, unique_suffix: str) -> Settings:
-    s = service_settings(broker, triton, unique_suffix)
+def settings(service_settings: Callable[..., Settings]) -> Settings:
+    # Other workers' embeddings are indexed twice a second instead of every 5 s.
+    s = service_settings("rec", embedding_sync_interval_s=0.5)
     asyncio.run(create_topics(s))
     return s
-
-
-@pytest.fixture
-def workers(settings: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def settle(settings: Settings, workers: Sequence[WorkerProcess], ref: LocalRecommender, item: str) -> None:
@@ -162,7 +128,7 @@ def assert_same_answer(answer: dict[str, Any], expected: Sequence[Any] | None) -
 
 
 def test_state_is_recovered_from_the_changelog_after_a_kill(
-    settings: Settings, workers: list[WorkerProcess], tmp_path: Path, instacart: list[Click]
+    settings: Settings, new_worker: Callable[..., WorkerProcess], instacart: list[Click]
 ) -> None:
     users = sorted({c.user_id for c in instacart}, key=lambda u: int(u[3:]))[:3]
     part1 = orders_of(instacart, users, slice(0, 3))
@@ -171,10 +137,11 @@ def test_state_is_recovered_from_the_changelog_after_a_kill(
         "no row may be pruned, so that the order updates arrive in cannot change it"
     )
 
-    worker = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path)
-    workers.append(worker)
+    worker = new_worker(settings)
     worker.start()
-    accounting = asyncio.run(replay(settings, [click_event(c) for c in part1]))
+    accounting = asyncio.run(
+        replay_and_collect(settings, [click_event(c) for c in part1], wait_s=120, settle=0.5)
+    )
     assert accounting.missing == [], worker.tail()
     asyncio.run(wait_item_updates_applied(settings, wait_s=60))
 
@@ -199,7 +166,7 @@ def test_state_is_recovered_from_the_changelog_after_a_kill(
     # left: the shopper's history, the neighbours of the item, the popular items.
     (probe, *_) = orders_of(instacart, users[:1], slice(3, 4))
     time.sleep(1.1)  # past the popular list's one-second cache
-    accounting = asyncio.run(replay(settings, [click_event(probe)]))
+    accounting = asyncio.run(replay_and_collect(settings, [click_event(probe)], wait_s=120, settle=0.5))
     assert accounting.missing == [], worker.tail()
     answer = answers(accounting)[probe.event_id]
     assert_same_answer(answer, ref.on_click(probe))
@@ -222,11 +189,10 @@ def one_user_per_partition(partitions: int) -> list[str]:
 
 
 def test_two_workers_read_every_row_and_index_every_embedding(
-    settings: Settings, workers: list[WorkerProcess], tmp_path: Path, instacart: list[Click]
+    settings: Settings, new_worker: Callable[..., WorkerProcess], instacart: list[Click]
 ) -> None:
-    first = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path, name="worker-1")
-    second = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path, name="worker-2")
-    workers.extend([first, second])
+    first = new_worker(settings, name="worker-1")
+    second = new_worker(settings, name="worker-2")
     first.start()
     second.start()
     wait_until(lambda: first.consuming() and second.consuming(), 60, "both workers own partitions")
@@ -235,7 +201,9 @@ def test_two_workers_read_every_row_and_index_every_embedding(
     clicks = orders_of(instacart, users, slice(0, 2))
     ref = reference(clicks)
     assert max(len(r) for r in ref.neighbours.values()) < CONFIG.neighbour_capacity
-    accounting = asyncio.run(replay(settings, [click_event(c) for c in clicks]))
+    accounting = asyncio.run(
+        replay_and_collect(settings, [click_event(c) for c in clicks], wait_s=120, settle=0.5)
+    )
     assert accounting.missing == [], first.tail() + second.tail()
     asyncio.run(wait_item_updates_applied(settings, wait_s=60))
 
@@ -254,7 +222,7 @@ def test_two_workers_read_every_row_and_index_every_embedding(
     products = build_sample(
         reviews=0, products=6, clicks=0, broken=False, seed=5, max_message_bytes=200_000, run="cold"
     )
-    accounting = asyncio.run(replay(settings, products))
+    accounting = asyncio.run(replay_and_collect(settings, products, wait_s=120, settle=0.5))
     assert accounting.missing == [], first.tail() + second.tail()
     uploaded = {r.value["product_id"]: r.value["embedding"] for _, r in accounting.records()}
     wait_until(
@@ -272,7 +240,7 @@ def test_two_workers_read_every_row_and_index_every_embedding(
     ids = sorted(uploaded)
     for n, user in enumerate(one_user_per_partition(settings.partitions)):
         click = Click(f"cold-{n}", user, f"s-{n}", ids[n % len(ids)], "view", clicks[-1].ts + 60 * n)
-        accounting = asyncio.run(replay(settings, [click_event(click)]))
+        accounting = asyncio.run(replay_and_collect(settings, [click_event(click)], wait_s=120, settle=0.5))
         assert accounting.missing == [], first.tail() + second.tail()
         answer = answers(accounting)[click.event_id]
         assert_same_answer(answer, ref.on_click(click))
@@ -281,17 +249,18 @@ def test_two_workers_read_every_row_and_index_every_embedding(
 
 
 def test_no_item_update_is_lost_under_load(
-    settings: Settings, workers: list[WorkerProcess], tmp_path: Path, instacart: list[Click]
+    settings: Settings, new_worker: Callable[..., WorkerProcess], instacart: list[Click]
 ) -> None:
     # A few thousand clicks in one burst: rows are rewritten while earlier versions of them are still
     # on their way through the changelog (the echo a replicated table must not apply).
     users = sorted({c.user_id for c in instacart}, key=lambda u: int(u[3:]))[11:31]
     clicks = orders_of(instacart, users, slice(0, 12))
     assert len(clicks) > 2000
-    worker = WorkerProcess(worker_env(settings, **WORKER_SETTINGS), log_dir=tmp_path)
-    workers.append(worker)
+    worker = new_worker(settings)
     worker.start()
-    accounting = asyncio.run(replay(settings, [click_event(c) for c in clicks], wait_s=240))
+    accounting = asyncio.run(
+        replay_and_collect(settings, [click_event(c) for c in clicks], wait_s=240, settle=0.5)
+    )
     assert accounting.missing == [], worker.tail()
     asyncio.run(wait_item_updates_applied(settings, wait_s=120))
     ref = reference(clicks)

@@ -7,68 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from streams.settings import Settings
 from streams.topics import create_topics
-from tooling.embedded import Broker, TritonServer
-from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
-from tooling.replay import Accounting, Collector, new_accounting, produce
-from tooling.sample import SampleEvent, build_sample, heldout_reviews, review_events
+from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.promtext import metric_sum
+from tooling.replay import replay_and_collect
+from tooling.sample import build_sample, heldout_reviews, review_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def service_settings(broker: Broker, triton_url: str, suffix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=broker.url,
-        triton_grpc_url=triton_url,
-        topic_prefix=f"it-{suffix}-",
-        app_id=f"it-{suffix}",
-        max_message_bytes=200_000,
-        health_interval_s=1.0,
-    )
-
-
-async def replay(
-    settings: Settings, events: list[SampleEvent], wait_s: float, settle: float = 3.0
-) -> Accounting:
-    collector = Collector(settings)
-    await collector.start()
-    try:
-        accounting = new_accounting(events)
-        await produce(settings, events)
-        return await collector.collect(accounting, wait_s=wait_s, settle=settle)
-    finally:
-        await collector.stop()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 @pytest.fixture
 def running(
-    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path
-) -> Iterator[tuple[Settings, WorkerProcess]]:
-    settings = service_settings(broker, triton.grpc_url, unique_suffix)
+    service_settings: Callable[..., Settings], new_worker: Callable[..., WorkerProcess]
+) -> tuple[Settings, WorkerProcess]:
+    settings = service_settings("it")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
-    try:
-        worker.start()
-        yield settings, worker
-    finally:
-        worker.stop()
+    return settings, new_worker(settings).start()
 
 
 def test_every_event_is_answered_once_with_the_right_enrichment(
@@ -78,7 +38,7 @@ def test_every_event_is_answered_once_with_the_right_enrichment(
     events = build_sample(
         reviews=30, products=30, clicks=40, broken=True, seed=3, max_message_bytes=settings.max_message_bytes
     )
-    accounting = asyncio.run(replay(settings, events, wait_s=240))
+    accounting = asyncio.run(replay_and_collect(settings, events, wait_s=240))
 
     assert accounting.missing == [], worker.tail()
     assert accounting.repeats == {}, "a run without failures answers each event exactly once"
@@ -110,13 +70,13 @@ def test_every_event_is_answered_once_with_the_right_enrichment(
     for logical in ("reviews", "product-uploads", "clickstream"):
         topic = f"{settings.topic_prefix}{logical}"
         sent = sum(1 for e in events if e.topic == logical)
-        assert metric(text, "ecom_events_consumed_total", topic=topic) == sent
+        assert metric_sum(text, "ecom_events_consumed_total", topic=topic) == sent
         dead = sum(1 for e in broken if e.topic == logical)
-        assert metric(text, "ecom_events_processed_total", topic=topic, outcome="dead_lettered") == dead
-        assert metric(text, "ecom_events_processed_total", topic=topic, outcome="enriched") == sent - dead
-    assert metric(text, "ecom_dead_letters_total") == len(broken)
-    assert metric(text, "ecom_inference_requests_total", outcome="ok") > 0
-    assert metric(text, "ecom_dependency_up", dependency="triton") == 1
+        assert metric_sum(text, "ecom_events_processed_total", topic=topic, outcome="dead_lettered") == dead
+        assert metric_sum(text, "ecom_events_processed_total", topic=topic, outcome="enriched") == sent - dead
+    assert metric_sum(text, "ecom_dead_letters_total") == len(broken)
+    assert metric_sum(text, "ecom_inference_requests_total", outcome="ok") > 0
+    assert metric_sum(text, "ecom_dependency_up", dependency="triton") == 1
     assert http_get(f"{worker.url}/livez")[0] == 200
 
 
@@ -163,7 +123,7 @@ def test_clearly_negative_reviews_and_sneaker_photos(running: tuple[Settings, Wo
     ][:3]
     assert len(sneakers) == 3
 
-    accounting = asyncio.run(replay(settings, [*reviews, *sneakers], wait_s=120, settle=0.5))
+    accounting = asyncio.run(replay_and_collect(settings, [*reviews, *sneakers], wait_s=120, settle=0.5))
     assert accounting.missing == [], worker.tail()
     for event, record in accounting.records():
         if event in reviews:

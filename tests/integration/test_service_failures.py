@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -21,36 +21,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.settings import Settings
 from streams.topics import client_options, create_topics
-from tooling.embedded import Broker, TritonServer, free_port
-from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get, worker_env
+from tooling.embedded import TritonServer, free_port
+from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.promtext import metric_sum
 from tooling.replay import Accounting, Collector, new_accounting, produce
 from tooling.sample import SampleEvent, build_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def service_settings(broker: Broker, triton_url: str, prefix: str) -> Settings:
-    return Settings(
-        kafka_bootstrap=broker.url,
-        triton_grpc_url=triton_url,
-        topic_prefix=f"{prefix}-",
-        app_id=prefix,
-        max_message_bytes=200_000,
-    )
-
-
 def received(accounting: Accounting) -> int:
     return sum(len(r) for r in accounting.received.values())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def report(request: pytest.FixtureRequest, name: str, values: dict[str, object]) -> None:
@@ -140,12 +121,14 @@ class GateProxy:
 
 
 def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_restart(
-    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path
+    triton: TritonServer,
+    service_settings: Callable[..., Settings],
+    new_worker: Callable[..., WorkerProcess],
 ) -> None:
     proxy = GateProxy(("127.0.0.1", triton.grpc_port))
-    settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"down-{unique_suffix}")
+    settings = service_settings("down", triton_grpc_url=f"127.0.0.1:{proxy.port}")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
+    worker = new_worker(settings)
     events = build_sample(
         reviews=15, products=15, clicks=0, broken=False, seed=5, max_message_bytes=settings.max_message_bytes
     )
@@ -164,8 +147,8 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_rest
                 assert http_get(f"{worker.url}/readyz")[0] == 503
                 assert worker.alive()
                 text = worker.metrics()
-                assert metric(text, "ecom_inference_requests_total", outcome="retry") > 0
-                assert metric(text, "ecom_dependency_up", dependency="triton") == 0
+                assert metric_sum(text, "ecom_inference_requests_total", outcome="retry") > 0
+                assert metric_sum(text, "ecom_dependency_up", dependency="triton") == 0
                 # A SIGTERM now stops the worker cleanly (no SIGKILL after the grace period); the
                 # waiting events stay uncommitted, and the restarted worker processes them.
                 worker.stop()
@@ -180,7 +163,7 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_rest
         accounting = asyncio.run(outage_then_recovery())
         assert accounting.missing == [], worker.tail()
         assert accounting.repeats == {} and accounting.misrouted() == []
-        assert metric(worker.metrics(), "ecom_dead_letters_total") == 0
+        assert metric_sum(worker.metrics(), "ecom_dead_letters_total") == 0
         deadline = time.monotonic() + 10
         while http_get(f"{worker.url}/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -191,15 +174,18 @@ def test_while_triton_is_down_events_wait_and_none_is_dropped_even_across_a_rest
 
 
 def test_no_commit_passes_an_event_that_waits_for_triton(
-    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path, request: pytest.FixtureRequest
+    triton: TritonServer,
+    service_settings: Callable[..., Settings],
+    new_worker: Callable[..., WorkerProcess],
+    request: pytest.FixtureRequest,
 ) -> None:
     """One good review waits for an unreachable Triton while the broken ones after it, on the same
     partition, are dead-lettered at once. Faust's own commit rule would commit past the waiting review
     (then a SIGKILL loses it); the service's must not."""
     proxy = GateProxy(("127.0.0.1", triton.grpc_port))
-    settings = service_settings(broker, f"127.0.0.1:{proxy.port}", f"hold-{unique_suffix}")
+    settings = service_settings("hold", triton_grpc_url=f"127.0.0.1:{proxy.port}")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
+    worker = new_worker(settings)
     good = {
         "event_id": "held-good",
         "review_id": "r",
@@ -251,11 +237,13 @@ def test_no_commit_passes_an_event_that_waits_for_triton(
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(
-    broker: Broker, triton: TritonServer, unique_suffix: str, tmp_path: Path, request: pytest.FixtureRequest
+    service_settings: Callable[..., Settings],
+    new_worker: Callable[..., WorkerProcess],
+    request: pytest.FixtureRequest,
 ) -> None:
-    settings = service_settings(broker, triton.grpc_url, f"kill-{unique_suffix}")
+    settings = service_settings("kill")
     asyncio.run(create_topics(settings))
-    worker = WorkerProcess(worker_env(settings, **QUICK_GROUP), log_dir=tmp_path)
+    worker = new_worker(settings)
     events = build_sample(
         reviews=120,
         products=120,

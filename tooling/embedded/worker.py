@@ -1,7 +1,8 @@
 """A `python -m streams worker` child process, as production runs it: started, probed, stopped by PID.
 
-Used by the demo and the integration tests. Settings go in as `ECOM_*` environment variables, so the
-child reads them exactly as a deployed worker does.
+Used by the demo, the evaluators, the benchmark and the integration tests. Its `Settings` go in as
+`ECOM_*` environment variables (`Settings.to_env`), so the child reads them exactly as a deployed worker
+does.
 """
 
 from __future__ import annotations
@@ -14,31 +15,20 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from streams.settings import Settings
 from tooling.embedded.process import ManagedProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# For tests: a lone worker joins its group only after the rebalance timeout, and health is probed every
-# few seconds; short values keep the tests short.
-QUICK_GROUP = {"health_interval_s": "1", "broker_rebalance_timeout_s": "2", "broker_session_timeout_s": "6"}
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The `ECOM_*` variables that point a worker at these settings' broker, Triton, topics and limits.
-
-    `extra` adds settings by field name: `worker_env(settings, health_interval_s="1")`.
-    """
-    env = {
-        "ECOM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ECOM_TRITON_GRPC_URL": settings.triton_grpc_url,
-        "ECOM_TOPIC_PREFIX": settings.topic_prefix,
-        "ECOM_APP_ID": settings.app_id,
-        "ECOM_MAX_MESSAGE_BYTES": str(settings.max_message_bytes),
-    }
-    env.update({f"ECOM_{name.upper()}": value for name, value in extra.items()})
-    return env
+# A lone worker joins its group only after the rebalance timeout, and health is probed every few seconds;
+# these keep a test's or an evaluation's start-up short: `settings.model_copy(update=QUICK_GROUP)`.
+QUICK_GROUP: dict[str, Any] = {
+    "health_interval_s": 1.0,
+    "broker_rebalance_timeout_s": 2.0,
+    "broker_session_timeout_s": 6.0,
+}
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -50,12 +40,24 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 class WorkerProcess:
-    """One worker; `env` holds its `ECOM_*` settings (the web port is picked here unless given)."""
+    """One worker with these settings. Unless they set the web port and host explicitly, it serves on a
+    free port of the loopback interface, so that workers side by side never collide. `env` adds other
+    variables (e.g. Faust's `APP_DATADIR`); they override the settings'."""
 
-    def __init__(self, env: Mapping[str, str], *, log_dir: Path, name: str = "worker") -> None:
-        self.env = {**os.environ, **env}
-        self.env.setdefault("ECOM_WEB_PORT", str(free_port()))
-        self.env.setdefault("ECOM_WEB_HOST", "127.0.0.1")
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log_dir: Path,
+        name: str = "worker",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        explicit = settings.model_fields_set
+        web = {
+            "ECOM_WEB_PORT": str(settings.web_port if "web_port" in explicit else free_port()),
+            "ECOM_WEB_HOST": settings.web_host if "web_host" in explicit else "127.0.0.1",
+        }
+        self.env = {**os.environ, **settings.to_env(), **web, **(env or {})}
         self.web_port = int(self.env["ECOM_WEB_PORT"])
         self.name = name
         self.log_dir = log_dir

@@ -47,6 +47,7 @@ from tooling.recommend_eval.protocol import (
     score,
     synthesise_clicks,
 )
+from tooling.stats import percentile
 
 
 class Blended:
@@ -199,7 +200,7 @@ def python_heap_bytes(tables: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 
 def _percentile_ms(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
+    return 1000.0 * percentile(values, q)
 
 
 def _print_scores(split: Split, scores: list[Scores], blended: Blended, out: Any) -> None:

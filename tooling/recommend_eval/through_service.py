@@ -66,6 +66,7 @@ from tooling.recommend_eval.protocol import (
 )
 from tooling.replay import Accounting, Collector, new_accounting, produce
 from tooling.sample import SampleEvent
+from tooling.stats import percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,8 +156,8 @@ class Phase:
                 None if self.worker_cpu_s is None else round(1000 * self.worker_cpu_s / self.clicks, 2)
             ),
             "latency_ms": {
-                "p50": float(np.percentile(lat, 50)) if lat else None,
-                "p99": float(np.percentile(lat, 99)) if lat else None,
+                "p50": percentile(lat, 50) if lat else None,
+                "p99": percentile(lat, 99) if lat else None,
                 "max": float(max(lat)) if lat else None,
             },
         }
@@ -376,7 +377,7 @@ def source_mix(phase: Phase) -> dict[str, float]:
 
 def run(options: Options, out_json: Path | None) -> int:
     from tooling.embedded import Broker, TritonServer
-    from tooling.embedded.worker import WorkerProcess, http_get
+    from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get
 
     k = RecommenderConfig().k
     offset = {"test": 0, "validation": 1}[options.split]
@@ -414,20 +415,12 @@ def run(options: Options, out_json: Path | None) -> int:
             app_id=run_id,
             partitions=options.partitions,
             click_concurrency=options.click_concurrency,
+            # The worker joins its group quickly (the evaluator's own clients do not use these).
+            broker_rebalance_timeout_s=QUICK_GROUP["broker_rebalance_timeout_s"],
+            broker_session_timeout_s=QUICK_GROUP["broker_session_timeout_s"],
         )
         asyncio.run(create_topics(settings))
-        worker = WorkerProcess(
-            {
-                "ECOM_KAFKA_BOOTSTRAP": broker.url,
-                "ECOM_TRITON_GRPC_URL": triton.grpc_url,
-                "ECOM_APP_ID": run_id,
-                "ECOM_PARTITIONS": str(options.partitions),
-                "ECOM_CLICK_CONCURRENCY": str(options.click_concurrency),
-                "ECOM_BROKER_REBALANCE_TIMEOUT_S": "2",
-                "ECOM_BROKER_SESSION_TIMEOUT_S": "6",
-            },
-            log_dir=log_dir,
-        )
+        worker = WorkerProcess(settings, log_dir=log_dir)
         stack.callback(worker.stop)
         worker.start()
         say(f"worker {worker.pid} consuming; replaying")
