@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the served network (issue 2): `python -m fusion.bench_model --device cuda` on a GPU
+# GPU check of the served network: `python -m fusion.bench_model --device cuda` on a GPU
 # machine that has Python 3.12 + torch + transformers + numpy/pandas/pyarrow/scikit-learn/pillow but no
 # package index and none of our offline base weights or data.
 #

@@ -146,7 +146,7 @@ def environment(options: RunOptions) -> dict[str, Any]:
     if int(numpy.__version__.split(".")[0]) >= 2:
         log.warning(
             "numpy %s: the Triton Python stub of nvidia-pytriton 0.7 garbles BYTES tensors with numpy 2 "
-            "(shared/infra.md); install numpy<2 into this environment if Triton answers with errors",
+            "; install numpy<2 into this environment if Triton answers with errors",
             numpy.__version__,
         )
     return {

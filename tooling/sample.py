@@ -8,7 +8,7 @@
   cart order, one session per order.
 - Broken events: one per failure the service dead-letters, each with the reason it must get.
 
-Nothing here downloads anything: the data ship inside installed packages (../shared/data.md).
+Nothing here downloads anything: the data ship inside installed packages.
 """
 
 from __future__ import annotations

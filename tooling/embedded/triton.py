@@ -1,6 +1,6 @@
 """The real `tritonserver` (2.51, Python backend only) shipped in the `nvidia-pytriton` wheel.
 
-What it takes to run a `model.py` that imports torch from this virtual environment (../shared/infra.md):
+What it takes to run a `model.py` that imports torch from this virtual environment:
 a backend directory holding the Python backend plus the stub for the running interpreter; the
 interpreter's LIBDIR first on LD_LIBRARY_PATH (else the stub loads the system libpython); the
 environment's `bin/` first on PATH so the stub sees this environment's site-packages; numpy < 2.

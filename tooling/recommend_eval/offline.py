@@ -1,4 +1,4 @@
-"""Offline evaluation of the recommender by the issue's protocol, with no broker.
+"""Offline evaluation of the recommender by the evaluation protocol (`protocol`), with no broker.
 
     python -m tooling.recommend_eval.offline               # validation and test, default weights
     python -m tooling.recommend_eval.offline --tune        # choose weights on validation, then test

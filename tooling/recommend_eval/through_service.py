@@ -1,4 +1,4 @@
-"""Evaluate the recommender through the running service, by the issue's protocol (issue 4).
+"""Evaluate the recommender through the running service, by the evaluation protocol (`protocol`).
 
     python -m tooling.recommend_eval.through_service                   # the whole Instacart sample
     python -m tooling.recommend_eval.through_service --users 100       # 100 random shoppers: a quick run
