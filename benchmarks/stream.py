@@ -118,7 +118,13 @@ class Traffic:
         from tooling.replay import assign_from_beginning
 
         options = client_options(self.settings)
-        self._producer = AIOKafkaProducer(**options, acks="all", linger_ms=0, max_request_size=4_000_000)
+        self._producer = AIOKafkaProducer(
+            **options,
+            acks="all",
+            linger_ms=0,
+            max_request_size=4_000_000,
+            compression_type=self.settings.producer_compression,
+        )
         await self._producer.start()
         consumer = AIOKafkaConsumer(
             **options,

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(
         default=30.0, gt=0, description="wait for one delivery before retrying it"
     )
+    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none",
+        description="codec of the batches the service's own producers write; consumers read all four",
+    )
 
     # --- Triton -----------------------------------------------------------------------------------
     triton_grpc_url: str = "localhost:8001"
@@ -123,6 +127,11 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[f"{prefix}{name}".upper()] = str(value)
         return env
+
+    @property
+    def producer_compression(self) -> str | None:
+        """`kafka_compression_type` as Kafka clients take it (aiokafka's and Faust's `None` is "none")."""
+        return None if self.kafka_compression_type == "none" else self.kafka_compression_type
 
     @property
     def bootstrap_servers(self) -> list[str]:
