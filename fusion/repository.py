@@ -12,10 +12,11 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion.network import atomic_write_text
+from fusion.network import WEIGHTS_FILE, atomic_write_text
 from fusion.preprocess import InputLimits
 from fusion.taxonomy import LEAF_NAMES, taxonomy_document
 
@@ -48,6 +49,21 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def served_versions(model_dir: Path) -> list[int]:
+    """The numbered version folders that hold weights, in order (Triton serves all of them)."""
+    return sorted(
+        int(d.name) for d in model_dir.iterdir() if d.name.isdigit() and (d / WEIGHTS_FILE).exists()
+    )
+
+
+def version_policy(versions: Sequence[int]) -> str:
+    if len(versions) <= 1:
+        return "version_policy: { latest: { num_versions: 1 } }"
+    # Every version stays loaded side by side: a request names the version it wants (the latest when
+    # it names none), so a rollout can move traffic between them.
+    return f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in versions)} ] }} }}"
+
+
 def render_config(
     *,
     version_name: str,
@@ -55,6 +71,7 @@ def render_config(
     kind: str,
     limits: InputLimits,
     serving: Serving,
+    versions: Sequence[int] = (),
 ) -> str:
     labels = json.dumps(list(LEAF_NAMES))
     params = {
@@ -99,7 +116,7 @@ dynamic_batching {{{preferred}
   max_queue_delay_microseconds: {serving.queue_delay_us}
 }}
 {instance}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+{version_policy(versions)}
 {param_text}
 """
 
@@ -109,6 +126,7 @@ def write_repository(
 ) -> None:
     """config.pbtxt, configs/gpu.pbtxt, category_labels.txt and taxonomy.json under `model_dir`."""
     limits = limits or InputLimits()
+    versions = served_versions(model_dir)
     (model_dir / "configs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         model_dir / "config.pbtxt",
@@ -118,6 +136,7 @@ def write_repository(
             kind="cpu",
             limits=limits,
             serving=CPU_SERVING,
+            versions=versions,
         ),
     )
     atomic_write_text(
@@ -128,6 +147,7 @@ def write_repository(
             kind="gpu",
             limits=limits,
             serving=GPU_SERVING,
+            versions=versions,
         ),
     )
     atomic_write_text(model_dir / "category_labels.txt", "\n".join(LEAF_NAMES) + "\n")

@@ -17,6 +17,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import random
 import time
@@ -173,15 +174,70 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
 
     # -- data preparation ---------------------------------------------------------------------------
+    def _cache_key(self, rows: IntArray, fm_rows: IntArray, fm_val: IntArray) -> str:
+        """What the caches depend on: a resume reuses them only when this matches."""
+        import hashlib
+
+        net_cfg = self.net.config
+        parts = [
+            self.cfg.seed,
+            self.cfg.image_views,
+            net_cfg.text_max_length,
+            net_cfg.text_tuned_layers,
+            net_cfg.image_size,
+            net_cfg.image_tune_from_block,
+            hashlib.sha256(rows.tobytes() + fm_rows.tobytes() + fm_val.tobytes()).hexdigest(),
+        ]
+        return json.dumps(parts)
+
     def prepare(
-        self, reviews: Reviews, split: dict[str, IntArray], fm: FashionMnist, fm_split: dict[str, IntArray]
+        self,
+        reviews: Reviews,
+        split: dict[str, IntArray],
+        fm: FashionMnist,
+        fm_split: dict[str, IntArray],
+        cache_dir: Path | None = None,
     ) -> None:
+        """Caches of the frozen parts; with `cache_dir` they are kept on disk and reused by a resume."""
         cfg, net, dev = self.cfg, self.net, self.device
         self.reviews, self.split, self.fm, self.fm_split = reviews, split, fm, fm_split
         rows = np.concatenate([split["train"], split["val"]])
+        key = self._cache_key(rows, fm_split["train"], fm_split["val"])
+        stored = cache_dir / "frozen_cache.pt" if cache_dir is not None else None
+        if stored is not None and stored.exists():
+            saved = torch.load(stored, map_location="cpu", weights_only=False)
+            if saved["key"] == key:
+                self._set_caches(saved, rows)
+                self.cache_seconds = saved["seconds"]
+                tqdm.write(f"fusion.train: frozen-part caches reused from {stored}")
+                return
         t0 = time.perf_counter()
         cached = cache_text(net, self.tokenizer, [reviews.texts[i] for i in rows], dev, desc="text cache")
-        self.text_cache = dict(zip(rows.tolist(), cached, strict=True))
+        t1 = time.perf_counter()
+        image_train = cache_images(
+            net, fm.images[fm_split["train"]], dev, cfg.image_views, cfg.seed, desc="image cache train"
+        )
+        image_val = cache_images(net, fm.images[fm_split["val"]], dev, 1, cfg.seed, desc="image cache val")[0]
+        t2 = time.perf_counter()
+        caches = {
+            "key": key,
+            "text": cached,
+            "image_train": image_train,
+            "image_val": image_val,
+            "seconds": {"text": t1 - t0, "image": t2 - t1},
+        }
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            partial = stored.with_name(f".{stored.name}.partial")
+            torch.save(caches, partial)
+            partial.replace(stored)
+        self._set_caches(caches, rows)
+        self.cache_seconds = caches["seconds"]
+
+    def _set_caches(self, caches: dict[str, Any], rows: IntArray) -> None:
+        cfg, net, dev = self.cfg, self.net, self.device
+        reviews, split, fm, fm_split = self.reviews, self.split, self.fm, self.fm_split
+        self.text_cache = dict(zip(rows.tolist(), caches["text"], strict=True))
         self.text_len = {i: int(t.shape[0]) for i, t in self.text_cache.items()}
         self.wide = dict(
             zip(
@@ -190,15 +246,7 @@ class Trainer:
                 strict=True,
             )
         )
-        t1 = time.perf_counter()
-        self.image_train = cache_images(
-            net, fm.images[fm_split["train"]], dev, cfg.image_views, cfg.seed, desc="image cache train"
-        )
-        self.image_val = cache_images(
-            net, fm.images[fm_split["val"]], dev, 1, cfg.seed, desc="image cache val"
-        )[0]
-        t2 = time.perf_counter()
-        self.cache_seconds = {"text": t1 - t0, "image": t2 - t1}
+        self.image_train, self.image_val = caches["image_train"], caches["image_val"]
         train_labels = fm.labels[fm_split["train"]]
         self.fm_by_class = {c: np.flatnonzero(train_labels == c) for c in range(10)}
         counts = np.bincount(reviews.sentiment[split["train"]], minlength=3).astype(np.float64)
@@ -243,20 +291,48 @@ class Trainer:
                 )
         return loss
 
-    def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, float]:
-        cfg, net, dev, rng = self.cfg, self.net, self.device, self.rng
-        net.train()
+    def plan_epoch(self) -> dict[str, Any]:
+        """The epoch's random order (text batches, image order), drawn up front so a resume can reuse it."""
+        cfg, rng = self.cfg, self.rng
         train_rows = self.split["train"]
         lengths = np.array([self.text_len[i] for i in train_rows], dtype=np.int64)
         batches = sortish_batches(lengths, cfg.text_batch, rng)
         n_images = self.image_train.shape[1]
         image_order = rng.permutation(n_images)
         per_step = max(1, math.ceil(n_images / len(batches))) if cfg.image_batch <= 0 else cfg.image_batch
+        return {"batches": batches, "image_order": image_order, "per_step": per_step}
+
+    def train_epoch(
+        self,
+        epoch: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        plan: dict[str, Any] | None = None,
+        start_step: int = 0,
+        totals: dict[str, float] | None = None,
+        on_step: Any = None,
+    ) -> dict[str, float]:
+        """One epoch from `start_step` of `plan`; `on_step(step, plan, totals)` runs after every step."""
+        cfg, net, dev, rng = self.cfg, self.net, self.device, self.rng
+        net.train()
+        train_rows = self.split["train"]
+        plan = plan if plan is not None else self.plan_epoch()
+        batches, image_order, per_step = plan["batches"], plan["image_order"], int(plan["per_step"])
+        n_images = self.image_train.shape[1]
         fm_leaf = torch.from_numpy(self.fm.leaf[self.fm_split["train"]]).to(dev)
         leaf_to_fm = leaf_to_fmnist_class()
-        totals: dict[str, float] = {"loss": 0.0, "text": 0.0, "image": 0.0, "pair": 0.0}
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="step", leave=False)
-        for step, local in enumerate(bar):
+        totals = totals if totals is not None else {"loss": 0.0, "text": 0.0, "image": 0.0, "pair": 0.0}
+        bar = tqdm(
+            range(start_step, len(batches)),
+            desc=f"epoch {epoch}",
+            unit="step",
+            leave=False,
+            initial=start_step,
+            total=len(batches),
+            mininterval=30.0,
+        )
+        for step in bar:
+            local = batches[step]
             rows = train_rows[local]
             text_feat, wide = self._text(rows, augment=True)
             sentiment = torch.from_numpy(self.reviews.sentiment[rows]).to(dev)
@@ -299,6 +375,8 @@ class Trainer:
             totals["pair"] += float(loss_pair.detach())
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.3f}")
+            if on_step is not None:
+                on_step(step, plan, totals)
         return {f"train_{k}": v / len(batches) for k, v in totals.items()}
 
     # -- validation on the cached features --------------------------------------------------------
@@ -357,7 +435,35 @@ class Trainer:
         )
         return metrics, {"sentiment_bias": bias, "val_log_probs": s_log_probs, "val_sentiment": y}
 
-    def fit(self) -> tuple[list[dict[str, float]], npt.NDArray[np.float32]]:
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, Any]:
+        return {
+            "numpy": self.rng.bit_generator.state,
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        }
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        random.setstate(state["python"])
+
+    def fit(
+        self,
+        checkpoint_dir: Path | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 0,
+    ) -> tuple[list[dict[str, float]], npt.NDArray[np.float32]]:
+        """Train `cfg.epochs` epochs; keep the best epoch on validation.
+
+        With `checkpoint_dir`, the whole training state (tuned weights, optimizer, schedule, random
+        states, the epoch's order and position, history, best epoch so far) is written to
+        `checkpoint_dir/last.pt` every `checkpoint_every` steps and after every epoch (the epoch ones are
+        also kept as `epoch_N.pt`); `resume` continues from `last.pt` where it stopped.
+        """
         cfg = self.cfg
         optimizer = make_optimizer(self.net, cfg)
         steps_per_epoch = math.ceil(len(self.split["train"]) / cfg.text_batch)
@@ -369,10 +475,71 @@ class Trainer:
             copy.deepcopy(self.net.tuned_state_dict()),
             np.zeros(3, np.float32),
         )
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
+        start_epoch, start_step = 1, 0
+        plan: dict[str, Any] | None = None
+        totals: dict[str, float] | None = None
+        epoch_seconds = 0.0
+        last = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
+        if resume and last is not None and last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            if state["train_config"] != asdict(cfg) or state["net_config"] != self.net.config.to_json():
+                raise SystemExit(f"{last} was written with another configuration; resume with the same flags")
+            self.net.load_state_dict(state["tuned"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            self._set_rng_state(state["rng"])
+            history, best_score, best_bias = state["history"], state["best_score"], state["best_bias"]
+            best_state = state["best_state"]
+            start_epoch, start_step = state["epoch"], state["next_step"]
+            plan, totals, epoch_seconds = state["plan"], state["totals"], state["epoch_seconds"]
+            if plan is not None and start_step >= len(plan["batches"]):  # saved after a finished epoch
+                start_epoch, start_step, plan, totals, epoch_seconds = start_epoch + 1, 0, None, None, 0.0
+            tqdm.write(f"fusion.train: resumed from {last} at epoch {start_epoch}, step {start_step}")
+
+        def save(epoch: int, next_step: int, plan: dict[str, Any] | None, totals: Any, spent: float) -> None:
+            if checkpoint_dir is None:
+                return
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            state = {
+                "train_config": asdict(cfg),
+                "net_config": self.net.config.to_json(),
+                "tuned": self.net.tuned_state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": self._rng_state(),
+                "history": history,
+                "best_score": best_score,
+                "best_state": best_state,
+                "best_bias": best_bias,
+                "epoch": epoch,
+                "next_step": next_step,
+                "plan": plan,
+                "totals": totals,
+                "epoch_seconds": spent,
+            }
+            partial = checkpoint_dir / ".last.pt.partial"
+            torch.save(state, partial)
+            partial.replace(checkpoint_dir / "last.pt")
+
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter() - epoch_seconds
+            if plan is None:
+                plan = self.plan_epoch()
+
+            def on_step(
+                step: int, plan: dict[str, Any], totals: dict[str, float], epoch: int = epoch, t0: float = t0
+            ) -> None:
+                done = step + 1
+                if checkpoint_every > 0 and done % checkpoint_every == 0 and done < len(plan["batches"]):
+                    save(epoch, done, plan, totals, time.perf_counter() - t0)
+                    tqdm.write(
+                        f"fusion.train: epoch {epoch} step {done}/{len(plan['batches'])}"
+                        f" loss {totals['loss'] / done:.3f}"
+                        f" {(time.perf_counter() - t0) / done:.2f} s/step (checkpoint saved)"
+                    )
+
             record: dict[str, float] = {"epoch": float(epoch)}
-            record.update(self.train_epoch(epoch, optimizer, scheduler))
+            record.update(self.train_epoch(epoch, optimizer, scheduler, plan, start_step, totals, on_step))
             val, extra = self.validate()
             record.update(val)
             record["seconds"] = time.perf_counter() - t0
@@ -388,6 +555,12 @@ class Trainer:
                 best_score = val["val_score"]
                 best_state = copy.deepcopy(self.net.tuned_state_dict())
                 best_bias = extra["sentiment_bias"]
+            save(epoch, len(plan["batches"]), plan, None, record["seconds"])
+            if checkpoint_dir is not None:  # kept beside: last.pt is replaced (renamed over), not rewritten
+                kept = checkpoint_dir / f"epoch_{epoch}.pt"
+                kept.unlink(missing_ok=True)
+                os.link(checkpoint_dir / "last.pt", kept)
+            plan, totals, start_step = None, None, 0
         self.net.load_state_dict(best_state, strict=False)
         return history, best_bias
 
@@ -474,9 +647,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--export",
         type=Path,
         default=None,
-        help="model repository folder to write (triton_models/ecom_fusion); its version folder 1 is replaced",
+        help="model repository folder to write (triton_models/ecom_fusion); its version folder"
+        " --model-version is replaced, other versions are left as they are",
     )
-    p.add_argument("--version-name", default="ecom_fusion-1.0")
+    p.add_argument("--model-version", default=VERSION, help="Triton version folder to write (a number)")
+    p.add_argument("--version-name", default=None, help="default ecom_fusion-<model version>.0")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its last checkpoint (same flags), reusing its caches",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="steps between checkpoints (0: after each epoch only); in --output/checkpoints",
+    )
     p.add_argument(
         "--smoke", action="store_true", help="a few hundred examples, one epoch: checks the pipeline"
     )
@@ -555,17 +741,21 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, net = build_net(net_cfg)
     net.to(device)
     trainer = Trainer(cfg, net, tokenizer, device)
-    trainer.prepare(reviews, split, fm_train, fm_split)
+    if not args.model_version.isdigit():
+        raise SystemExit("--model-version must be a number (a Triton version folder)")
+    version_label = args.version_name or f"ecom_fusion-{args.model_version}.0"
+    trainer.prepare(reviews, split, fm_train, fm_split, cache_dir=out_dir / "checkpoints")
     train0 = time.perf_counter()
-    history, bias = trainer.fit()
+    history, bias = trainer.fit(out_dir / "checkpoints", args.resume, args.checkpoint_every)
     train_seconds = time.perf_counter() - train0
     net.sentiment_bias.copy_(torch.from_numpy(bias).to(device))
 
     # Export, then evaluate what was exported (fp16 weights reloaded) through the serving code path.
-    version_dir = (args.export / VERSION) if args.export else (out_dir / "export" / VERSION)
+    version = args.model_version
+    version_dir = (args.export / version) if args.export else (out_dir / "export" / version)
     save_tuned(net, version_dir)
     # Two trainings never publish the same name: the weights' digest is part of it.
-    version_name = f"{args.version_name}+{weights_digest(version_dir)}"
+    version_name = f"{version_label}+{weights_digest(version_dir)}"
     eval0 = time.perf_counter()
     tok2, served = load_tuned(version_dir, device)
     predictor = Predictor(tok2, served, device)
@@ -587,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - wall0
     run_info = {
         "version_name": version_name,
+        "model_version": version,
         "preliminary": bool(args.preliminary or args.smoke),
         "smoke": bool(args.smoke),
         "command": "python -m fusion.train "

@@ -51,3 +51,35 @@ def test_smoke_run_trains_exports_and_reports(tmp_path: Path) -> None:
     grey = rng.integers(0, 255, (28, 28), dtype=np.uint8)
     outcome = service.predictor.predict(["a lovely dress"], [prepare_image(grey, service.image_size)])
     assert outcome["category"].shape == (1, len(LEAF_NAMES))
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped mid-epoch and resumed from its last checkpoint ends with the weights of a run
+    that was never stopped; the export goes to the numbered version folder asked for."""
+    common = ["--smoke", "--epochs", "2", "--checkpoint-every", "1", "--skip-baselines"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train.main([*common, "--output", str(whole), "--export", str(whole / "repo")]) == 0
+
+    validate = train.Trainer.validate
+    calls = {"n": 0}
+
+    def stop_at_first_validation(self: train.Trainer) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # after the last mid-epoch checkpoint of epoch 1
+        return validate(self)
+
+    monkeypatch.setattr(train.Trainer, "validate", stop_at_first_validation)
+    args = [*common, "--output", str(cut), "--export", str(cut / "repo"), "--model-version", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    assert (cut / "checkpoints" / "last.pt").exists()
+    assert train.main([*args, "--resume"]) == 0
+
+    assert not (cut / "repo" / "1").exists()
+    first = json.loads((whole / "repo" / "1" / "metrics.json").read_text())
+    resumed = json.loads((cut / "repo" / "2" / "metrics.json").read_text())
+    digest = first["run"]["version_name"].split("+")[1]
+    assert resumed["run"]["version_name"] == f"ecom_fusion-2.0+{digest}"
+    assert resumed["model"] == first["model"]
