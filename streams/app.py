@@ -40,6 +40,7 @@ from streams.runtime import Runtime, build_runtime
 from streams.settings import Settings
 from streams.topics import ssl_context
 from streams.topology import TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_USERS
+from streams.undecodable import StoppedPartitions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class EnrichmentApp(faust.App):
     stops its runtime with itself."""
 
     in_flight: InFlight
+    undecodable: StoppedPartitions
     runtime: Runtime
     fetch_max_wait_ms: int | None = None
 
@@ -113,6 +115,7 @@ def create_app(
         web_in_thread=False,
     )
     app.in_flight = InFlight()
+    app.undecodable = StoppedPartitions.from_settings(settings)  # see streams.undecodable
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.runtime = build_runtime(settings, app, model=model, publisher=publisher)
 

@@ -32,6 +32,7 @@ from streams.offsets import InFlight, safe_commit_offset
 from streams.recommend.errors import CorruptState
 from streams.recommend.versioned import is_newer
 from streams.records import SourceRecord
+from streams.undecodable import UndecodableBatchGuard, stopped_partitions
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ def source_record(event: Any) -> SourceRecord:
 
 
 # --- consumer ----------------------------------------------------------------------------------------
-class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with a configurable fetch wait (Faust hard-codes 1500 ms).
+class TunedConsumerThread(UndecodableBatchGuard, faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with a configurable fetch wait (Faust hard-codes 1500 ms), which stops a
+    partition at a batch it cannot decode instead of crashing (`streams.undecodable`).
 
     A fetch request covers every assigned partition; a broker that does not answer as soon as one of
     them has data (the embedded Tansu broker) holds each fetch for the full wait, which then becomes the
@@ -116,6 +118,7 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         in_flight = self._in_flight()
         if in_flight is not None:
             in_flight.forget(revoked)
+        stopped_partitions(self.app).release(revoked)
         await super().on_partitions_revoked(revoked)
 
 

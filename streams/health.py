@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams import metrics
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options
+from streams.undecodable import stopped_partitions
 
 if TYPE_CHECKING:
     import faust
@@ -125,8 +126,20 @@ class Health:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         # Owning no partition is not "unready": a worker beyond the partition count is a hot standby.
         ok = self.kafka_up and self.triton_up
-        body = {"kafka": self.kafka_up, "triton": self.triton_up, "assigned_partitions": self.assigned()}
-        return ok, {**body, "detail": dict(self.detail)}
+        body: dict[str, Any] = {
+            "kafka": self.kafka_up,
+            "triton": self.triton_up,
+            "assigned_partitions": self.assigned(),
+        }
+        detail = dict(self.detail)
+        # A partition stopped at a batch it cannot decode waits for an operator (streams.undecodable).
+        stopped = stopped_partitions(self.app).snapshot()
+        if stopped:
+            ok = False
+            body["stopped_partitions"] = [s.as_dict() for s in stopped]
+            where = "; ".join(s.describe() for s in stopped)
+            detail["consumer"] = f"stopped at an undecodable batch: {where}"
+        return ok, {**body, "detail": detail}
 
 
 def install_health_pages(app: faust.App, health: Health) -> None:

@@ -39,6 +39,16 @@ INFERENCE_REQUESTS = Counter(
 INFERENCE_IN_FLIGHT = Gauge("ecom_inference_in_flight", "Inference requests awaiting Triton")
 CONSUMER_LAG = Gauge("ecom_consumer_lag", "Log end offset minus committed offset", ["topic", "partition"])
 DEPENDENCY_UP = Gauge("ecom_dependency_up", "1 when the dependency answered its last probe", ["dependency"])
+UNDECODABLE_BATCHES = Counter(
+    "ecom_undecodable_batches",
+    "Fetched batches the consumer could not decode (the partition stops there unless skipped)",
+    ["topic", "partition"],
+)
+PARTITION_STOPPED_OFFSET = Gauge(
+    "ecom_partition_stopped_offset",
+    "Offset at which a partition is stopped by an undecodable batch (a series only while it is)",
+    ["topic", "partition"],
+)
 RECOMMENDATION_LATENCY = Histogram(
     "ecom_recommendation_latency_seconds",
     "From a click's arrival on the clickstream (its record time) to the delivery of its recommendation",

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         default="none",
         description="codec of the batches the service's own producers write; consumers read all four",
     )
+    skip_undecodable: str = Field(
+        default="",
+        description="topic[partition]@offset,...: undecodable batches to move past (docs/service.md)",
+    )
 
     # --- Triton -----------------------------------------------------------------------------------
     triton_grpc_url: str = "localhost:8001"
