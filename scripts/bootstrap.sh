@@ -49,6 +49,9 @@ assert reviews_path().is_file(), reviews_path()
 instacart_csv()
 import numpy
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: Triton's Python stub needs numpy < 2"
+from aiokafka import codec
+# Without cramjam a snappy, lz4 or zstd batch from any producer stops every consumer of the project.
+assert codec.has_snappy() and codec.has_lz4() and codec.has_zstd(), "aiokafka cannot decode snappy/lz4/zstd"
 PY
 touch "$VENV/.installed"
 echo "bootstrap: ready"
