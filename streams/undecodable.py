@@ -422,7 +422,8 @@ async def write_dead_letters(stopped: StoppedPartitions) -> None:
             stopped.hold(found)
             continue
         finally:
-            await producer.stop()
+            with contextlib.suppress(Exception):  # nothing here may reach Faust's fetcher
+                await producer.stop()
         metrics.DEAD_LETTERS.labels(found.topic, ERROR_TYPE).inc()
         stopped.release([found.tp])
         log.info(
