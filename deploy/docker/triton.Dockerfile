@@ -5,6 +5,8 @@
 #
 # 24.12 is Triton 2.53 (the embedded default runs 2.51 from nvidia-pytriton); its image is Ubuntu 24.04
 # with Python 3.12, which is the interpreter the Python backend stub runs model.py under.
+# Not yet pinned by digest: none could be looked up where this was written (no access to nvcr.io).
+# tests/deploy lists it as the one pending pin; docs/security.md ("Images") says how to add it.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3
 FROM ${TRITON_IMAGE}
 
@@ -46,6 +48,10 @@ ENV PYTHONPATH=/opt/ecom \
 USER 10001:10001
 EXPOSE 8000 8001 8002
 # The NGC image's entrypoint stays; this is its command. Compose and k8s spell the same flags out.
-CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--load-model=ecom_fusion", \
-     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--exit-on-error=true", \
-     "--strict-readiness=true"]
+# Model loading and the other control APIs take the admin key (docs/security.md): without
+# TRITON_ADMIN_KEY in the environment the container refuses to start rather than run with them open.
+CMD ["/bin/sh", "-c", "exec tritonserver --model-repository=/models --model-control-mode=explicit \
+--load-model=ecom_fusion --http-port=8000 --grpc-port=8001 --metrics-port=8002 --exit-on-error=true \
+--strict-readiness=true \
+--http-restricted-api=model-repository,shared-memory,trace,logging:admin-key=${TRITON_ADMIN_KEY:?set TRITON_ADMIN_KEY} \
+--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:admin-key=${TRITON_ADMIN_KEY}"]

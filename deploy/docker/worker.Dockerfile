@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # The stream worker: `python -m streams worker` (and `create-topics`, the one-shot that runs first).
 # Build from the repository root:  docker build -f deploy/docker/worker.Dockerfile -t ecom-enrichment/worker .
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Pinned by digest beside the tag: the multi-platform index that docker-library/repo-info records for
+# this tag (docs/security.md, "Images"). A rebuilt tag does not change what is built here.
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 
 FROM ${PYTHON_IMAGE} AS build
 # Kept equal to the pin in pyproject.toml (tests/deploy checks it). The CPU index: the worker never runs

