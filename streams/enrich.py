@@ -32,6 +32,7 @@ from streams.events import (
 )
 from streams.inference import InferenceService
 from streams.protocols import Recommender
+from streams.recommend.dedup import Origin
 from streams.records import SourceRecord
 from streams.validation import Limits, product_input, review_input
 
@@ -62,7 +63,8 @@ async def product_step(ctx: StepContext, event: ProductUploadEvent, record: Sour
 
 
 async def click_step(ctx: StepContext, event: ClickEvent, record: SourceRecord) -> Recommendation:
-    items = await ctx.recommender.recommend(event, ctx.recommendations_k)
+    origin = Origin(record.partition, record.offset)
+    items = await ctx.recommender.recommend(event, ctx.recommendations_k, origin)
     processed = ctx.clock()
     return Recommendation(
         event_id=event.event_id,

@@ -56,6 +56,13 @@ def source_record(event: Any) -> SourceRecord:
     )
 
 
+def committed_offset(app: faust.App, topic: str, partition: int) -> int:
+    """The last offset this worker committed for a partition (0 if none, or before the consumer exists)."""
+    consumer = getattr(app, "_consumer", None)
+    committed = getattr(consumer, "_committed_offset", None) or {}
+    return int(committed.get(TP(topic, partition)) or 0)
+
+
 # --- consumer ----------------------------------------------------------------------------------------
 class TunedConsumerThread(UndecodableBatchGuard, faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread with a configurable fetch wait (Faust hard-codes 1500 ms), which stops a

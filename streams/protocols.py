@@ -12,6 +12,7 @@ from typing import Protocol
 
 from streams.contract import ModelInfo, ModelInput, ModelOutput
 from streams.events import ClickEvent, ModelRef, ScoredItem
+from streams.recommend.dedup import Origin
 
 
 class Publisher(Protocol):
@@ -27,8 +28,9 @@ class Publisher(Protocol):
 class Recommender(Protocol):
     model: ModelRef
 
-    async def recommend(self, click: ClickEvent, k: int) -> list[ScoredItem]:
-        """Record the click and return up to `k` items for its user, best first."""
+    async def recommend(self, click: ClickEvent, k: int, origin: Origin | None = None) -> list[ScoredItem]:
+        """Record the click (once per `origin`, its clickstream record) and return up to `k` items for
+        its user, best first."""
         ...
 
 

@@ -29,7 +29,7 @@ from streams.lifecycle import Lifecycle, Retry, RetryPolicy
 from streams.pipeline import Pipeline, bind_routes
 from streams.protocols import ModelClient, Publisher
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.service import decode_updates
+from streams.recommend.service import decode_message
 from streams.recommend.wiring import DictTables, RecommenderParts, build_recommender
 from streams.settings import Settings
 from streams.topics import TopicNames, internal_topic
@@ -125,7 +125,7 @@ def build_runtime(
     config = RecommenderConfig(k=settings.recommendations_k)
     health: Health | None = None
     if app is not None:
-        from streams.faust_ext import FaustTables
+        from streams.faust_ext import FaustTables, committed_offset
         from streams.health import Health
         from streams.publisher import FaustPublisher
 
@@ -136,8 +136,13 @@ def build_runtime(
         async def send(partition: int, value: bytes) -> None:
             await out.publish(topic, f"p{partition}".encode(), value, partition=partition)
 
+        clickstream = names.clickstream
+
+        def committed(partition: int) -> int:
+            return committed_offset(app, clickstream, partition)
+
         recommend = build_recommender(
-            config, settings.partitions, FaustTables(app, settings.partitions), send, topic
+            config, settings.partitions, FaustTables(app, settings.partitions), send, topic, committed
         )
         health = Health(settings, app, model)
     else:
@@ -146,7 +151,7 @@ def build_runtime(
         parts: list[RecommenderParts] = []
 
         async def apply_now(partition: int, value: bytes) -> None:
-            parts[0].applier.apply_all(decode_updates(value), partition)
+            parts[0].applier.apply_message(decode_message(value), partition)
 
         recommend = build_recommender(config, settings.partitions, DictTables(), apply_now)
         parts.append(recommend)

@@ -12,7 +12,8 @@ Each key has one writer at a time (the owner of its partition); a new owner afte
 crash starts from the restored value, so versions keep increasing across owners.
 
 `Versioned` is the logic's view of such a table: it reads and writes plain values and keeps the
-stored form `[version, value]` to itself.
+stored form `[version, value]` to itself; rows that absorb clicks store `[version, value, applied]`
+(streams.recommend.dedup) and are written with `put`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from streams.recommend.dedup import Applied, decode_applied
 from streams.recommend.errors import CorruptState
 
 
@@ -28,11 +30,13 @@ def version_of(stored: Any) -> int:
         return 0
     if (
         not isinstance(stored, list | tuple)
-        or len(stored) != 2
+        or len(stored) not in (2, 3)
         or not isinstance(stored[0], int)
         or isinstance(stored[0], bool)
     ):
-        raise CorruptState(f"a replicated table value must be [version, value], got {type(stored).__name__}")
+        raise CorruptState(
+            f"a replicated table value must be [version, value(, applied)], got {type(stored).__name__}"
+        )
     return int(stored[0])
 
 
@@ -64,6 +68,16 @@ class Versioned(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         # Assigning (not mutating in place) is what writes the table's changelog.
         self.table[key] = [version_of(self.table.get(key)) + 1, value]
+
+    def applied(self, key: str) -> Applied:
+        """The clicks the stored value has absorbed (streams.recommend.dedup)."""
+        stored = self.table.get(key)
+        version_of(stored)
+        return decode_applied(stored[2]) if stored is not None and len(stored) == 3 else {}
+
+    def put(self, key: str, value: Any, applied: Applied) -> None:
+        """Write the value together with the clicks it has absorbed, in one record."""
+        self.table[key] = [version_of(self.table.get(key)) + 1, value, applied]
 
     def __delitem__(self, key: str) -> None:
         del self.table[key]

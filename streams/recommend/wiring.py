@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,15 +26,15 @@ import orjson
 from streams.errors import PublishFailed
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.content import ContentIndex
-from streams.recommend.engine import ItemUpdate, partition_of
+from streams.recommend.dedup import Origin
+from streams.recommend.engine import partition_of
 from streams.recommend.errors import CorruptState, InvalidEmbedding
 from streams.recommend.service import (
     BlendedRecommender,
     EmbeddingSink,
     ItemUpdateApplier,
-    decode_item_updates,
-    decode_updates,
-    encode_updates,
+    decode_message,
+    encode_message,
     route_updates,
 )
 from streams.recommend.versioned import Versioned
@@ -108,7 +108,7 @@ class RecommenderParts:
         batch = []
         for record in records:
             try:
-                batch.append((decode_item_updates(decode_updates(record.value)), record.partition))
+                batch.append((decode_message(record.value), record.partition))
             except CorruptState as exc:
                 log.error("%s item updates not applied: %s", record.coords, exc)
         written = self.applier.apply_batch(batch)
@@ -167,8 +167,13 @@ def build_recommender(
     tables: TableFactory,
     send: SendToPartition,
     item_updates_topic: str = "",
+    committed: Callable[[int], int] = lambda partition: 0,
 ) -> RecommenderParts:
-    """The tables, and the three entry points over them; a click's item updates leave through `send`."""
+    """The tables, and the three entry points over them; a click's item updates leave through `send`.
+
+    `committed(partition)`: the committed offset of a clickstream partition as far as this worker knows
+    (0 when unknown): the floor below which clicks never come back (streams.recommend.dedup).
+    """
 
     def item_partition(key: Any) -> int:
         return partition_of(str(key), partitions)
@@ -189,11 +194,12 @@ def build_recommender(
         name: table if name == TABLE_USERS else Versioned(table) for name, table in stored.items()
     }
 
-    async def send_updates(updates: Sequence[ItemUpdate]) -> None:
+    async def send_updates(updates: Sequence[Mapping[str, Any]], origin: Origin | None) -> None:
         # Everything the click changed is durable before its recommendation is published: the user
         # state's table write and the item updates, one message per partition, all at once.
+        floor = committed(origin.partition) if origin is not None else 0
         routed = route_updates(updates, partitions)
-        sends = [send(p, encode_updates(values)) for p, values in routed.items()]
+        sends = [send(p, encode_message(values, origin, floor)) for p, values in routed.items()]
         await asyncio.gather(tables.delivered(), *sends)
 
     content = ContentIndex()
@@ -220,7 +226,7 @@ def in_memory_recommender(config: RecommenderConfig | None = None, partitions: i
 
     async def apply_now(partition: int, value: bytes) -> None:
         assert parts is not None
-        parts.applier.apply_all(decode_updates(value), partition)
+        parts.applier.apply_message(decode_message(value), partition)
 
     parts = build_recommender(config or RecommenderConfig(), partitions, DictTables(), apply_now)
     recommender = parts.recommender

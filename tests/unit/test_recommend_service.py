@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,9 +12,16 @@ import pytest
 from streams.events import ClickEvent
 from streams.recommend.config import RecommenderConfig, Weights
 from streams.recommend.content import ContentIndex
-from streams.recommend.engine import ItemUpdate
+from streams.recommend.dedup import Origin
 from streams.recommend.errors import InvalidEmbedding
-from streams.recommend.service import BlendedRecommender, EmbeddingSink, ItemUpdateApplier
+from streams.recommend.service import (
+    BlendedRecommender,
+    EmbeddingSink,
+    ItemUpdateApplier,
+    decode_message,
+    encode_message,
+)
+from streams.recommend.versioned import Versioned
 
 CFG = RecommenderConfig(
     k=5, weights=Weights(history=1.0, history_repeat=1.0, cooccurrence=0.5, content=0.3, popularity=0.05)
@@ -33,17 +40,25 @@ class Wiring:
         self.content = ContentIndex()
         self.topic: list[bytes] = []
         self.rec = BlendedRecommender(
-            CFG, self.users, self.neighbours, self.stats, self.boards, self.content, self.send
+            CFG,
+            self.users,
+            Versioned(self.neighbours),
+            Versioned(self.stats),
+            Versioned(self.boards),
+            self.content,
+            self.send,
         )
-        self.items = ItemUpdateApplier(CFG, self.neighbours, self.stats, self.boards)
+        self.items = ItemUpdateApplier(
+            CFG, Versioned(self.neighbours), Versioned(self.stats), Versioned(self.boards)
+        )
         self.sink = EmbeddingSink(self.embeddings, self.content)
 
-    async def send(self, updates: Sequence[ItemUpdate]) -> None:
-        self.topic.extend(orjson.dumps(u.to_json()) for u in updates)
+    async def send(self, updates: Sequence[Mapping[str, Any]], origin: Origin | None) -> None:
+        self.topic.append(encode_message(updates, origin))
 
     def drain(self) -> None:
         for raw in self.topic:
-            self.items.apply(orjson.loads(raw), partition=0)
+            self.items.apply_message(decode_message(raw), partition=0)
         self.topic.clear()
 
 
@@ -68,8 +83,8 @@ async def test_clicks_update_the_tables_and_come_back_as_recommendations() -> No
         w.drain()
     assert set(w.users) == {"u0", "u1", "u2"}
     assert orjson.loads(orjson.dumps(w.users["u0"]))["s"] == [["chips", 1.0], ["salsa", 1.0]]
-    assert w.neighbours["chips"] == {"salsa": [3.0, 0.0]}
-    assert w.stats["salsa"][0] == 3.0 and w.boards["p0"]
+    assert Versioned(w.neighbours)["chips"] == {"salsa": [3.0, 0.0]}
+    assert Versioned(w.stats)["salsa"][0] == 3.0 and Versioned(w.boards)["p0"]
     items = await w.rec.recommend(click(99, "new", "s-new", "chips"), 3)
     assert items[0].product_id == "salsa"
     assert [i.product_id for i in items] == ["salsa"]  # chips is in the cart; nothing else is known

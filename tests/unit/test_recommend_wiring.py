@@ -13,9 +13,16 @@ from streams_fakes import FakeModel, RecordingPublisher
 
 from streams.events import ClickEvent, Recommendation
 from streams.recommend.config import RecommenderConfig
+from streams.recommend.dedup import Origin
 from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, partition_of
 from streams.recommend.errors import CorruptState, InvalidEmbedding
-from streams.recommend.service import ItemUpdateApplier, decode_updates, encode_updates, route_updates
+from streams.recommend.service import (
+    ItemMessage,
+    ItemUpdateApplier,
+    decode_message,
+    encode_message,
+    route_updates,
+)
 from streams.recommend.versioned import Versioned, is_newer
 from streams.recommend.wiring import embedding_of, in_memory_recommender
 from streams.records import SourceRecord
@@ -44,28 +51,49 @@ def updates_of(clicks: list[Click]) -> list[list[ItemUpdate]]:
 
 def test_each_item_always_goes_to_the_same_partition_and_nothing_is_lost() -> None:
     for updates in updates_of(shopping(1)):
-        routed = route_updates(updates, 4)
+        routed = route_updates([u.to_json() for u in updates], 4)
         assert len(routed) <= 4
         sent = [(p, u["item"]) for p, values in routed.items() for u in values]
         assert sorted(item for _, item in sent) == sorted(u.item for u in updates)
         assert all(p == partition_of(item, 4) for p, item in sent)
         for values in routed.values():
-            assert decode_updates(encode_updates(values)) == values
+            message = decode_message(encode_message(values, Origin(2, 17), 9))
+            assert [u.to_json() for u in message.updates] == values
+            assert message.origin == Origin(2, 17) and message.floor == 9
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"updates": 3}', b'{"updates": [1]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"updates": 3}',
+        b'{"updates": [1]}',
+        b'{"updates": [], "src": [1]}',
+        b'{"updates": [], "src": [1, 2], "floor": "x"}',
+    ],
+)
 def test_a_corrupt_internal_message_is_refused(raw: bytes) -> None:
     with pytest.raises(CorruptState):
-        decode_updates(raw)
+        decode_message(raw)
+
+
+def messages_of(clicks: list[Click], partitions: int = 4) -> list[tuple[ItemMessage, int]]:
+    """The internal topic's messages of these clicks, click n coming from clickstream offset n."""
+    return [
+        (ItemMessage([ItemUpdate.from_json(v) for v in values], Origin(0, n), 0), p)
+        for n, click_updates in enumerate(updates_of(clicks))
+        for p, values in route_updates([u.to_json() for u in click_updates], partitions).items()
+    ]
+
+
+def plain(tables: list[Any]) -> list[dict[str, Any]]:
+    """The values the logic sees, and what each row has absorbed (versions left out)."""
+    return [{k: (Versioned(t)[k], Versioned(t).applied(k)) for k in t} for t in tables]
 
 
 def test_a_batch_writes_each_row_once_and_ends_where_one_by_one_ends() -> None:
-    messages = [
-        (updates, p)
-        for click_updates in updates_of(shopping(2))
-        for p, values in route_updates(click_updates, 4).items()
-        for updates in [[ItemUpdate.from_json(v) for v in values]]
-    ]
+    messages = messages_of(shopping(2))
 
     class Counting(dict[str, Any]):
         writes = 0
@@ -75,15 +103,50 @@ def test_a_batch_writes_each_row_once_and_ends_where_one_by_one_ends() -> None:
             super().__setitem__(key, value)
 
     one: list[dict[str, Any]] = [{}, {}, {}]
-    single = ItemUpdateApplier(CFG, *one)
-    for updates, p in messages:
-        for u in updates:
-            single.apply(u.to_json(), p)
+    single = ItemUpdateApplier(CFG, *(Versioned(t) for t in one))
+    for message, p in messages:
+        for u in message.updates:
+            single.apply_message(ItemMessage([u], message.origin, message.floor), p)
     batched: list[Counting] = [Counting(), Counting(), Counting()]
-    written = ItemUpdateApplier(CFG, *batched).apply_batch(messages)
-    assert [dict(t) for t in batched] == one
+    written = ItemUpdateApplier(CFG, *(Versioned(t) for t in batched)).apply_batch(messages)
+    assert plain(batched) == plain(one)
     assert written == Counting.writes
-    assert written < sum(len(u) for u, _ in messages) / 2, "popular rows are written once per batch"
+    assert written < sum(len(m.updates) for m, _ in messages) / 2, "popular rows are written once per batch"
+
+
+def test_messages_delivered_again_change_no_row() -> None:
+    messages = messages_of(shopping(4))
+    once: list[dict[str, Any]] = [{}, {}, {}]
+    ItemUpdateApplier(CFG, *(Versioned(t) for t in once)).apply_batch(messages)
+    # Every message twice: a click processed again after a crash, a producer's retry, a replayed batch.
+    rng = random.Random(0)
+    again = messages + rng.sample(messages, len(messages) // 2)
+    twice: list[dict[str, Any]] = [{}, {}, {}]
+    applier = ItemUpdateApplier(CFG, *(Versioned(t) for t in twice))
+    for start in range(0, len(messages), 37):
+        applier.apply_batch(messages[start : start + 37])
+    applier.apply_batch(again[len(messages) :])
+    applier.apply_batch(messages[:50])
+    assert plain(twice) == plain(once)
+    # Without origins (in-process tools) nothing is deduplicated: the same messages count twice.
+    anonymous = [(ItemMessage(m.updates, None, 0), p) for m, p in messages[:40]]
+    blind: list[dict[str, Any]] = [{}, {}, {}]
+    ItemUpdateApplier(CFG, *(Versioned(t) for t in blind)).apply_batch(anonymous + anonymous)
+    counted: list[dict[str, Any]] = [{}, {}, {}]
+    ItemUpdateApplier(CFG, *(Versioned(t) for t in counted)).apply_batch(anonymous)
+    assert plain(blind)[1] != plain(counted)[1]
+
+
+def test_rows_forget_clicks_below_the_committed_offset() -> None:
+    table: dict[str, Any] = {}
+    applier = ItemUpdateApplier(CFG, Versioned({}), Versioned(table), Versioned({}))
+    update = ItemUpdate("a", (), 1.0, False, False, 1.0)
+    for offset in range(10):
+        applier.apply_message(ItemMessage([update], Origin(3, offset), 0), 0)
+    assert Versioned(table).applied("a") == {"3": list(range(10))}
+    applier.apply_message(ItemMessage([update], Origin(3, 10), 8), 0)  # offsets 0-7 are committed
+    assert Versioned(table).applied("a") == {"3": [8, 9, 10]}
+    assert Versioned(table)["a"][0] == 11.0  # eleven clicks, each counted once
 
 
 async def test_the_service_recommender_answers_like_the_reference_engine() -> None:
