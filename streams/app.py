@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -96,7 +99,9 @@ def create_app(
         broker=settings.kafka_bootstrap,
         broker_credentials=faust_credentials(settings),
         processing_guarantee=settings.processing_guarantee,
-        store="memory://",
+        store=settings.table_store,
+        datadir=settings.data_dir,  # None: Faust's default, "<app id>-data" in the working directory
+        table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
@@ -113,10 +118,12 @@ def create_app(
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_in_thread=False,
+        **web_access(settings),
     )
     app.in_flight = InFlight()
     app.undecodable = StoppedPartitions.from_settings(settings)  # see streams.undecodable
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.table_cache_mb = settings.table_cache_mb  # see streams.faust_ext.SharedMemoryOptions
     app.runtime = build_runtime(settings, app, model=model, publisher=publisher)
 
     for bound in app.runtime.pipeline.routes.values():
@@ -124,7 +131,8 @@ def create_app(
     add_state_feed_agents(app, app.runtime.recommend)
     if app.runtime.health is not None:
         install_health_pages(app, app.runtime.health)
-    install_state_pages(app, app.runtime.recommend)
+    if settings.state_pages_enabled:
+        install_state_pages(app, app.runtime.recommend)
     return app
 
 
@@ -221,8 +229,67 @@ def add_state_feed_agents(app: EnrichmentApp, parts: RecommenderParts) -> None:
             log.info("indexed %d product embeddings written by other workers", added)
 
 
+# --- the web port ----------------------------------------------------------------------------------------
+# Open to anyone who reaches the port (probes, Prometheus). Everything else is a state page: shoppers'
+# sessions and histories (/recommend/...), Faust's tables and the cluster's layout (/table/..., /router/...).
+OPEN_PAGES = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+def web_access(settings: Settings) -> dict[str, Any]:
+    """Faust's web options: its built-in pages off unless the state pages are on (then its tables and
+    router pages only), and every request but `OPEN_PAGES` through `state_pages_guard`."""
+    enabled = settings.state_pages_enabled
+    return {
+        "web_tables_enabled": enabled,
+        "web_router_enabled": enabled,  # only @app.table_route needs it, and the service has none
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_metrics_enabled": False,
+        "web_application_options": {"middlewares": [state_pages_guard(settings)]},
+    }
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def state_pages_guard(settings: Settings) -> Any:
+    """An aiohttp middleware: `OPEN_PAGES` for anyone; any other path 404 while the state pages are off,
+    and, when they are on, 403 unless the client is on the loopback interface (an operator's
+    `kubectl port-forward`, a test) and 401 unless it sends `Authorization: Bearer <token>`."""
+    from aiohttp import web
+
+    secret = settings.state_pages_token.get_secret_value() if settings.state_pages_token else ""
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in OPEN_PAGES:
+            return await handler(request)
+        if not settings.state_pages_enabled:
+            return web.json_response({"error": "not found"}, status=404)
+        if not _loopback(request.remote):
+            return web.json_response({"error": "state pages answer loopback clients only"}, status=403)
+        given = request.headers.get("Authorization", "").encode()
+        if not secret or not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "a bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await handler(request)
+
+    return guard
+
+
 def install_state_pages(app: faust.App, parts: RecommenderParts) -> None:
-    """Read-only views of this worker's copy of the recommender's state (operators, restart tests)."""
+    """Read-only views of this worker's copy of the recommender's state (operators, restart tests), served
+    only with `ECOM_STATE_PAGES_ENABLED` and behind `state_pages_guard`."""
     views = parts.views
 
     @app.page("/recommend/users/{user_id}")

@@ -11,9 +11,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "ECOM_"
+MIN_TOKEN_CHARS = 16
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ECOM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_bootstrap: str = Field(
@@ -97,12 +100,38 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="how often embeddings written by other workers are indexed"
     )
 
+    # --- Tables (the recommender's state) ------------------------------------------------------------
+    # memory:// keeps every table as Python objects and restores it from the changelogs at each start;
+    # rocksdb:// keeps it serialised on local disk (`data_dir`) and reads only the changelogs' tail after
+    # a restart (docs/recommendations.md, "State beyond memory").
+    table_store: Literal["memory://", "rocksdb://"] = Field(
+        default="memory://", description="where the worker keeps its tables"
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="Faust's data directory (RocksDB tables under <dir>/v1/tables); '<app id>-data' if unset",
+    )
+    table_standby_replicas: int = Field(
+        default=1, ge=0, description="other workers that keep a warm copy of each users-table partition"
+    )
+    table_cache_mb: int = Field(
+        default=256, ge=16, description="RocksDB block cache and memtables of a worker, all tables together"
+    )
+
     # --- Operations ---------------------------------------------------------------------------------
     web_port: int = Field(default=6066, ge=1, le=65535)
     web_host: str = "0.0.0.0"  # noqa: S104  (a pod's probes and Prometheus reach it from outside)
     health_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(default=False, description="one JSON object per log line")
+    # Shoppers' sessions and histories: off unless turned on, then only for loopback clients that send
+    # `Authorization: Bearer <token>` (docs/security.md). /livez, /readyz and /metrics are always open.
+    state_pages_enabled: bool = Field(
+        default=False, description="serve /recommend/..., Faust's /table/... and /router/..."
+    )
+    state_pages_token: SecretStr | None = Field(
+        default=None, description=f"bearer token of the state pages, at least {MIN_TOKEN_CHARS} characters"
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
@@ -112,6 +141,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"ECOM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "ECOM_KAFKA_SASL_USERNAME and ECOM_KAFKA_SASL_PASSWORD"
+            )
+        token = self.state_pages_token.get_secret_value() if self.state_pages_token else ""
+        if self.state_pages_enabled and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"ECOM_STATE_PAGES_ENABLED needs ECOM_STATE_PAGES_TOKEN of at least {MIN_TOKEN_CHARS} "
+                "characters"
             )
         return self
 
@@ -146,3 +181,4 @@ class Settings(BaseSettings):
             if url:
                 servers.append(url.split("://", 1)[-1].rstrip("/"))
         return servers
+

@@ -19,7 +19,7 @@ from streams.recommend.config import RecommenderConfig
 from streams.recommend.engine import Click, LocalRecommender
 from streams.settings import Settings
 from streams.topics import create_topics
-from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.embedded.worker import WorkerProcess
 from tooling.recommend_eval.protocol import clicks_from_frame, load_orders, synthesise_clicks
 from tooling.recommend_eval.through_service import click_event, wait_item_updates_applied
 from tooling.replay import Accounting, replay_and_collect
@@ -56,7 +56,7 @@ def answers(accounting: Accounting) -> dict[str, dict[str, Any]]:
 
 
 def get_json(worker: WorkerProcess, path: str) -> Any:
-    status, body = http_get(f"{worker.url}{path}", timeout=10)
+    status, body = worker.state(path, timeout=10)
     assert status in (200, 404), body
     return json.loads(body)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -31,9 +32,12 @@ QUICK_GROUP: dict[str, Any] = {
 }
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 2.0, *, token: str | None = None) -> tuple[int, str]:
+    """GET `url`; `token` is sent as `Authorization: Bearer` (the worker's state pages need it)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310  (our own loopback URL)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  (our own loopback URL)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310  (our own loopback URL)
             return int(resp.status), resp.read().decode()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode()
@@ -41,8 +45,9 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 class WorkerProcess:
     """One worker with these settings. Unless they set the web port and host explicitly, it serves on a
-    free port of the loopback interface, so that workers side by side never collide. `env` adds other
-    variables (e.g. Faust's `APP_DATADIR`); they override the settings'."""
+    free port of the loopback interface, so that workers side by side never collide. Unless they turn
+    them off explicitly, its state pages are on, with a token of its own (`state()` sends it). `env` adds
+    other variables (e.g. Faust's `APP_DATADIR`); they override the settings'."""
 
     def __init__(
         self,
@@ -57,8 +62,12 @@ class WorkerProcess:
             "ECOM_WEB_PORT": str(settings.web_port if "web_port" in explicit else free_port()),
             "ECOM_WEB_HOST": settings.web_host if "web_host" in explicit else "127.0.0.1",
         }
-        self.env = {**os.environ, **settings.to_env(), **web, **(env or {})}
+        pages = {}
+        if "state_pages_enabled" not in explicit:
+            pages = {"ECOM_STATE_PAGES_ENABLED": "true", "ECOM_STATE_PAGES_TOKEN": secrets.token_urlsafe(24)}
+        self.env = {**os.environ, **settings.to_env(), **web, **pages, **(env or {})}
         self.web_port = int(self.env["ECOM_WEB_PORT"])
+        self.state_token = self.env.get("ECOM_STATE_PAGES_TOKEN")
         self.name = name
         self.log_dir = log_dir
         self.process: ManagedProcess | None = None
@@ -76,6 +85,10 @@ class WorkerProcess:
 
     def ready(self) -> bool:
         return http_get(f"{self.url}/readyz")[0] == 200
+
+    def state(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        """GET one of its state pages (`/recommend/...`), with its token."""
+        return http_get(f"{self.url}{path}", timeout, token=self.state_token)
 
     def consuming(self) -> bool:
         """Ready and owning input partitions (it has joined its consumer group)."""

@@ -123,6 +123,7 @@ class Phase:
     accounting: Accounting
     refused: int
     worker_cpu_s: float | None = None  # the worker's CPU from the first send until its updates are applied
+    stages: dict[str, dict[str, float]] | None = None  # where a click's time went (ms), stage -> p50/p99
 
     @property
     def answered(self) -> int:
@@ -155,12 +156,32 @@ class Phase:
             "worker_cpu_ms_per_click": (
                 None if self.worker_cpu_s is None else round(1000 * self.worker_cpu_s / self.clicks, 2)
             ),
+            "stages_ms": self.stages,
             "latency_ms": {
                 "p50": percentile(lat, 50) if lat else None,
                 "p99": percentile(lat, 99) if lat else None,
                 "max": float(max(lat)) if lat else None,
             },
         }
+
+
+def stage_latency(before: str, after: str, settings: Settings) -> dict[str, dict[str, float]]:
+    """p50 and p99 (ms) of each stage of the clicks processed between two scrapes of the worker's
+    `/metrics` (ecom_stage_latency_seconds: broker wait, step, publish, state writes)."""
+    from streams.metrics import STAGES
+    from streams.topics import TopicNames
+    from tooling.promtext import histogram_buckets
+    from tooling.stats import bucket_delta, bucket_quantile
+
+    topic = TopicNames.from_settings(settings).clickstream
+    out: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        name, labels = "ecom_stage_latency_seconds", {"topic": topic, "stage": stage}
+        delta = bucket_delta(
+            histogram_buckets(after, name, **labels), histogram_buckets(before, name, **labels)
+        )
+        out[stage] = {f"p{q}": round(1000 * bucket_quantile(delta, q / 100), 1) for q in (50, 99)}
+    return out
 
 
 async def run_phase(
@@ -377,7 +398,7 @@ def source_mix(phase: Phase) -> dict[str, float]:
 
 def run(options: Options, out_json: Path | None) -> int:
     from tooling.embedded import Broker, TritonServer
-    from tooling.embedded.worker import QUICK_GROUP, WorkerProcess, http_get
+    from tooling.embedded.worker import QUICK_GROUP, WorkerProcess
 
     k = RecommenderConfig().k
     offset = {"test": 0, "validation": 1}[options.split]
@@ -441,6 +462,7 @@ def run(options: Options, out_json: Path | None) -> int:
                 say(f"history answered: {history.answered}/{history.clicks} in {history.seconds:.0f}s")
                 drained = await drain(settings, history, worker.pid)
                 say(f"item updates applied {drained:.1f}s after the last history recommendation")
+                before = worker.metrics()
                 heldout = await run_phase(
                     settings,
                     collector,
@@ -450,6 +472,7 @@ def run(options: Options, out_json: Path | None) -> int:
                     options.timeout_s,
                     worker.pid,
                 )
+                heldout.stages = stage_latency(before, worker.metrics(), settings)
                 await drain(settings, heldout, worker.pid)
                 return history, heldout, drained
             finally:
@@ -462,7 +485,7 @@ def run(options: Options, out_json: Path | None) -> int:
             "item_updates_drain_s": round(drained, 1),
         }
         report.phases["heldout"]["sources"] = source_mix(heldout)
-        worker_tables = json.loads(http_get(f"{worker.url}/recommend/tables", timeout=60)[1])
+        worker_tables = json.loads(worker.state("/recommend/tables", timeout=60)[1])
         report.state = {
             "worker_tables": worker_tables,
             "worker_rss_bytes": rss_bytes(worker.pid),
@@ -496,6 +519,7 @@ def print_report(report: Report, k: int) -> None:
             f"{p['repeated_records']} repeats, {p['dead_letters']} dead letters) in {p['seconds']}s "
             f"= {p['clicks_per_s']} clicks/s ({p['worker_cpu_ms_per_click']} ms of worker CPU per click); "
             f"click-to-publish latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+            + (f"; stages (ms) {p['stages_ms']}" if p.get("stages_ms") else "")
         )
     say(f"held-out sources: {report.phases['heldout']['sources']}")
     say("state: changelog topics (live = last value per key) and the worker's copy of the tables")
