@@ -20,8 +20,9 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from streams.settings import Settings
+from streams.settings import Settings, describe_errors
 
 log = logging.getLogger("streams")
 
@@ -30,7 +31,12 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        sys.stderr.write(f"invalid settings (environment variables ECOM_*):\n{exc}\n")
+        # Never `str(exc)`: pydantic's text repeats every input value, the SASL password included.
+        lines = "".join(f"  {line}\n" for line in describe_errors(exc))
+        sys.stderr.write(f"invalid settings (environment variables ECOM_*):\n{lines}")
+        raise SystemExit(2) from None
+    except SettingsError as exc:
+        sys.stderr.write(f"invalid settings (environment variables ECOM_*): {exc}\n")
         raise SystemExit(2) from None
 
 

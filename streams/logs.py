@@ -7,6 +7,7 @@ the agent sets it in a context variable for the event's task, and a filter copie
 from __future__ import annotations
 
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,28 @@ class CoordsFilter(logging.Filter):
         if not getattr(record, "coords", None):
             record.coords = current_coords.get() or "-"
         return True
+
+
+_SASL_BYTES = re.compile(r"sasl_auth_bytes=b(['\"]).*?(?<!\\)\1")
+
+
+class CredentialsFilter(logging.Filter):
+    """aiokafka logs every request at DEBUG, SASL authentication included: with PLAIN its bytes are the
+    username and the password. Such a request or response is logged by its type only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_sasl_exchange(arg) for arg in record.args):
+            record.args = tuple(
+                f"{type(arg).__name__}(credentials not logged)" if _is_sasl_exchange(arg) else arg
+                for arg in record.args
+            )
+        if isinstance(record.msg, str) and "sasl_auth_bytes=" in record.msg:
+            record.msg = _SASL_BYTES.sub("sasl_auth_bytes=(not logged)", record.msg)
+        return True
+
+
+def _is_sasl_exchange(value: Any) -> bool:
+    return type(value).__name__.startswith("SaslAuthenticate")
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,14 +71,14 @@ def logging_config(level: str, json: bool) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"coords": {"()": CoordsFilter}},
+        "filters": {"coords": {"()": CoordsFilter}, "credentials": {"()": CredentialsFilter}},
         "formatters": {"main": formatter},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "main",
-                "filters": ["coords"],
+                "filters": ["coords", "credentials"],
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},

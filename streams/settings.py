@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ECOM_"
@@ -135,12 +135,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
+        # The messages name settings, never their values (they reach stderr and logs).
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError(
-                f"ECOM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "ECOM_KAFKA_SASL_USERNAME and ECOM_KAFKA_SASL_PASSWORD"
+                "a SASL ECOM_KAFKA_SECURITY_PROTOCOL needs ECOM_KAFKA_SASL_USERNAME and "
+                "ECOM_KAFKA_SASL_PASSWORD"
             )
         token = self.state_pages_token.get_secret_value() if self.state_pages_token else ""
         if self.state_pages_enabled and len(token) < MIN_TOKEN_CHARS:
@@ -182,3 +183,16 @@ class Settings(BaseSettings):
                 servers.append(url.split("://", 1)[-1].rstrip("/"))
         return servers
 
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid setting: the variable and the problem, never the value it was given (a value
+    may be a password, and these lines reach stderr)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        name = f"{ENV_PREFIX}{'_'.join(str(part) for part in err['loc'])}".upper() if err["loc"] else None
+        message = str(err["msg"]).removeprefix("Value error, ")
+        given = err.get("input")
+        if isinstance(given, str) and len(given) >= 3 and given in message:
+            message = message.replace(given, "<the value given>")  # no known message does; in case one will
+        lines.append(f"{name}: {message}" if name else message)
+    return lines
