@@ -7,8 +7,10 @@ ignore unknown fields (producers may add fields without breaking the service); o
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -34,12 +36,46 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The times an input may carry: 1970-01-01T00:00:00Z up to 9999-12-31T23:59:59.999999Z.
+TS_MIN = EPOCH
+TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+_TS_END_SECONDS = 253_402_300_800  # TS_MAX + 1 microsecond, in Unix seconds
+_TS_RANGE = "1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z"
+# RFC 3339 date-time; a time without offset is read as UTC (docs/events.md).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _event_time(value: Any) -> Any:
+    """A number is Unix seconds, whatever its size (pydantic alone would read a large one as
+    milliseconds); a string must be an RFC 3339 date-time, which pydantic then parses."""
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 date-time string or a number of Unix seconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of Unix seconds")
+        try:
+            if not 0 <= value < _TS_END_SECONDS:
+                raise OverflowError
+            return EPOCH + timedelta(seconds=value)
+        except OverflowError:  # also a fraction that rounds up past the last microsecond
+            raise ValueError(f"{value} Unix seconds is outside {_TS_RANGE}") from None
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time (2024-05-01T10:00:00Z) or a number of Unix seconds")
+    return value
+
+
+EventTime = Annotated[datetime, BeforeValidator(_event_time)]
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False, frozen=True)
 
     schema_version: int = SCHEMA_VERSION
     event_id: Id
-    ts: datetime = Field(description="when the event happened: RFC 3339 or Unix seconds; UTC if naive")
+    ts: EventTime = Field(
+        description="when the event happened: RFC 3339 or a number of Unix seconds; UTC if naive"
+    )
 
     @field_validator("schema_version")
     @classmethod
@@ -53,7 +89,13 @@ class _Input(BaseModel):
     @field_validator("ts")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return _as_utc(value)
+        try:
+            value = _as_utc(value)
+        except OverflowError:  # an offset carried a valid local time past year 9999 (or before 1)
+            raise ValueError(f"in UTC, the time is outside {_TS_RANGE}") from None
+        if not TS_MIN <= value <= TS_MAX:
+            raise ValueError(f"{value.isoformat()} is outside {_TS_RANGE}")
+        return value
 
 
 class ReviewEvent(_Input):
@@ -213,7 +255,46 @@ class DeadLetter(BaseModel):
     dead_lettered_ts: datetime
 
 
-InputEvent = ReviewEvent | ProductUploadEvent | ClickEvent
+# --- Search by photo or by words ----------------------------------------------------------------------
+MAX_QUERY_K = 100
+
+
+class ProductQueryEvent(_Input):
+    """Topic `product-queries`, keyed by query_id: the catalogue products closest to a photo or words."""
+
+    query_id: Id
+    user_id: Id | None = None
+    text: str | None = Field(default=None, description="words to search with")
+    image: str | None = Field(default=None, description="base64-encoded JPEG/PNG/WebP photo to search with")
+    category: str | None = Field(default=None, description="only products of this category (a leaf label)")
+    k: int = Field(default=10, ge=1, le=MAX_QUERY_K, description="how many products to return")
+
+
+class ProductMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_id: str
+    score: float = Field(description="cosine between the query's embedding and the product's")
+    category: str | None = Field(description="the product's category, as its listing was enriched")
+
+
+class ProductMatches(_Output):
+    """Topic `product-matches`, keyed by query_id; one per query."""
+
+    query_id: str
+    user_id: str | None
+    model: ModelRef
+    query_category: ScoredLabel = Field(description="the model's most probable category for the query")
+    category_filter: str | None
+    matches: list[ProductMatch]
+    catalogue_size: int = Field(description="products in the index the query was matched against")
+    latency_ms: float = Field(
+        description="query to publish: from the query's record time (its ts when the record has none) "
+        "to processed_ts, in milliseconds"
+    )
+
+
+InputEvent = ReviewEvent | ProductUploadEvent | ClickEvent | ProductQueryEvent
 E = TypeVar("E", bound=_Input)
 
 
@@ -223,23 +304,70 @@ def dumps(model: BaseModel) -> bytes:
 
 def load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     """The raw message as a JSON object, or the reason it is not one."""
+    return _load_object(raw, max_bytes)[0]
+
+
+def _load_object(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], bool]:
+    """The object, and whether its strings may hold lone surrogates (orjson's never do)."""
     if len(raw) > max_bytes:
         raise OversizeMessage(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = orjson.loads(raw)
+        obj, lenient = orjson.loads(raw), False
     except orjson.JSONDecodeError as exc:
-        raise MalformedJson(f"not JSON: {exc}") from None
+        obj, lenient = _load_what_orjson_refuses(raw, exc), True
     if not isinstance(obj, dict):
         raise MalformedJson(f"expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return obj, lenient
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _int_or_float(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than Python converts: as a float, infinite
+        return float(digits)
+
+
+def _load_what_orjson_refuses(raw: bytes, refused: orjson.JSONDecodeError) -> Any:
+    """Well-formed JSON that orjson refuses: a number beyond a double (`1e400`) or a lone surrogate
+    escape (`"\\ud800"`). The standard library reads both (as infinity, and as a str that is not valid
+    Unicode); whether the event is usable is then up to its schema, for only known fields matter. What
+    the standard library refuses too is not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json, parse_int=_int_or_float)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MalformedJson(f"not JSON: {refused}") from None
+
+
+def _not_unicode(value: Any, where: str) -> str | None:
+    """The first place in `value` holding a string that is not valid Unicode (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _not_unicode(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def parse_event(model: type[E], raw: bytes, max_bytes: int) -> E:
-    obj = load_object(raw, max_bytes)
+    obj, lenient = _load_object(raw, max_bytes)
     try:
-        return model.model_validate(obj)
+        event = model.model_validate(obj)
     except ValidationError as exc:
         raise SchemaViolation(_summarise(exc)) from None
+    for name in type(event).model_fields if lenient else ():  # unknown fields stay ignored
+        where = _not_unicode(getattr(event, name), name)
+        if where:
+            raise SchemaViolation(f"{where}: text that is not valid Unicode (a lone surrogate escape)")
+    return event
 
 
 def _summarise(exc: ValidationError) -> str:
