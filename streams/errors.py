@@ -58,6 +58,12 @@ class InferenceUnavailable(InferenceError):
     retriable = True
 
 
+class ModelServerFault(InferenceUnavailable):
+    """The model server failed for reasons of its own: a dead Python stub, or a server error that a
+    known-good row meets too. Retried like unavailability; no event is dead-lettered for it
+    (streams.inference)."""
+
+
 class InferenceTimeout(InferenceError):
     """The request ran past its deadline."""
 
@@ -67,8 +73,9 @@ class InferenceTimeout(InferenceError):
 class ModelRejected(InferenceError):
     """The model answered the request with an error: after bisection, the row's own fault.
 
-    `ambiguous` marks server errors (gRPC INTERNAL/UNKNOWN) that may also come from a crashed model
-    instance; a single such row is retried a few times before it is dead-lettered.
+    `ambiguous` marks server errors (gRPC INTERNAL/UNKNOWN) that do not name a bad input and may as well
+    come from the server; such a row is dead-lettered only while the model answers a known-good row
+    (streams.inference), and after a few tries.
     """
 
     def __init__(self, message: str, *, ambiguous: bool = False) -> None:

@@ -1,14 +1,14 @@
 """Liveness, readiness and metrics on the worker's one HTTP port (ECOM_WEB_PORT).
 
 - `/livez`: 200 while the event loop answers and every agent actor is running.
-- `/readyz`: 200 when the last probe reached the broker and found Triton and the model ready; 503 with
-  the reason otherwise.
+- `/readyz`: 200 when the last probe reached the broker and found Triton and the model ready, the model
+  answering a real inference of a known-good row of each kind; 503 with the reason otherwise.
 - `/metrics`: Prometheus text format.
 
 `probe()` runs every `health_interval_s` (started with the runtime): it asks the broker for its cluster
-metadata,
-Triton for server and model readiness, and the consumer for the log end offsets of its assigned input
-partitions to update `ecom_consumer_lag`.
+metadata, Triton for server and model readiness, the model for its answer to a known-good row of each
+kind (a model whose Python stub died is still "ready" to Triton, but answers nothing), and the consumer
+for the log end offsets of its assigned input partitions to update `ecom_consumer_lag`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
+from streams.errors import EnrichmentError
+from streams.inference import known_good_row
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options
+from streams.topology import MODEL_KINDS
 from streams.undecodable import stopped_partitions
 
 if TYPE_CHECKING:
@@ -65,12 +68,24 @@ class Health:
         self._set("kafka", up, detail)
 
     async def _probe_triton(self) -> None:
+        model = self.settings.triton_model
         ready = getattr(self.model, "ready", None)
         try:
             up = bool(await ready()) if ready is not None else True
-            detail = "server and model ready" if up else f"model {self.settings.triton_model} not ready"
+            detail = "server and model ready" if up else f"model {model} not ready"
         except Exception as exc:  # noqa: BLE001
             up, detail = False, f"{type(exc).__name__}: {exc}"
+        for kind in MODEL_KINDS if up else ():
+            try:
+                await self.model.infer([known_good_row(kind)])
+            except Exception as exc:  # noqa: BLE001  (whatever it is, the model cannot answer)
+                reason = exc.reason if isinstance(exc, EnrichmentError) else type(exc).__name__
+                up = False
+                detail = f"model {model} is loaded but fails a known-good {kind} row: {reason}: {exc}"
+                break
+        else:
+            if up:
+                detail = f"server and model ready; {model} answers a known-good row of each kind"
         self._set("triton", up, detail)
 
     def _set(self, dependency: str, up: bool, detail: str) -> None:

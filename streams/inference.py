@@ -5,10 +5,23 @@ batch that fails for a transient reason is retried (`streams.lifecycle.Retry`) u
 callers wait, so the agents stop taking events: consumption slows down instead of dropping anything). A
 batch that the model rejects is split in halves until the rejected rows stand alone; those are returned
 as errors to their own callers and every other row still gets its result.
+
+Whose fault a failure is decides between the two:
+
+- the model names a bad input (INVALID_ARGUMENT, or a `fusion.errors` class in the message): the rows';
+  bisect, and dead-letter the rows that fail alone;
+- the server says it cannot answer (unreachable, overloaded, a dead Python stub): the server's; retry;
+- any other server error (gRPC INTERNAL/UNKNOWN, "ambiguous") may be either. A known-good row of the same
+  kind (`known_good_row`) is sent at once: if the server answers it, it works and the failure is the
+  rows' (bisect; a row that fails alone is tried `ECOM_RETRY_MAX_AMBIGUOUS` times, then dead-lettered);
+  if it fails too, the failure is the server's (`ModelServerFault`): the batch is retried with backoff
+  like unavailability, and no row is dead-lettered for it, however long it lasts.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,11 +30,26 @@ from typing import Any
 from streams import metrics
 from streams.batcher import MicroBatcher
 from streams.contract import ModelInfo, ModelInput, ModelOutput
-from streams.errors import EnrichmentError, ModelRejected
+from streams.errors import EnrichmentError, ModelRejected, ModelServerFault
 from streams.lifecycle import Retry
 from streams.protocols import ModelClient
 
 log = logging.getLogger(__name__)
+
+KNOWN_GOOD_TEXT = b"Soft cotton, fits well."
+
+
+@functools.cache
+def known_good_row(kind: str) -> ModelInput:
+    """A small row the model answers whenever it works: text, plus a plain 32x32 PNG for products (so
+    that the image path is exercised too)."""
+    if kind != "product":
+        return ModelInput(text=KNOWN_GOOD_TEXT, image=b"")
+    from PIL import Image  # the model's own image checks (streams.validation) use it too
+
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(buffer, format="PNG")
+    return ModelInput(text=KNOWN_GOOD_TEXT, image=buffer.getvalue())
 
 
 class InferenceService:
@@ -54,6 +82,15 @@ class InferenceService:
         """This row's output; raises the row's own non-retriable error (e.g. `ModelRejected`)."""
         return await self._batchers[kind].submit(row)
 
+    async def answers_known_good(self, kind: str) -> bool:
+        """Whether the model answers a known-good row of this kind now (one request, no retry)."""
+        try:
+            await self.model.infer([known_good_row(kind)])
+        except EnrichmentError as exc:
+            log.warning("the model fails a known-good %s row too (%s: %s)", kind, exc.reason, exc)
+            return False
+        return True
+
     def _handler(self, kind: str) -> Callable[[Sequence[ModelInput]], Any]:
         async def handle(rows: Sequence[ModelInput]) -> list[ModelOutput | BaseException]:
             return await self._infer_rows(kind, list(rows))
@@ -75,22 +112,21 @@ class InferenceService:
         ambiguous = 0
 
         async def attempt() -> list[ModelOutput]:
-            metrics.INFERENCE_IN_FLIGHT.inc()
-            started = time.perf_counter()
             try:
-                outputs = await self.model.infer(rows)
-            finally:
-                metrics.INFERENCE_IN_FLIGHT.dec()
-                metrics.INFERENCE_LATENCY.labels(kind).observe(time.perf_counter() - started)
-            metrics.INFERENCE_BATCH_SIZE.labels(kind).observe(len(rows))
-            metrics.INFERENCE_REQUESTS.labels(kind, "ok").inc()
-            return outputs
+                return await self._request(kind, rows)
+            except ModelRejected as exc:
+                if exc.ambiguous and not await self.answers_known_good(kind):
+                    raise ModelServerFault(
+                        f"{exc} (a known-good {kind} row fails as well: the server's fault, not the rows')"
+                    ) from None
+                raise
 
         def should_retry(exc: BaseException, _: int) -> bool:
             nonlocal ambiguous
             retry = isinstance(exc, EnrichmentError) and exc.retriable
             if isinstance(exc, ModelRejected) and exc.ambiguous and len(rows) == 1:
-                # A single row that keeps failing with a server error is given a few chances.
+                # A single row that keeps failing with a server error, while the server answers a
+                # known-good row, is given a few chances (a model instance may have crashed under it).
                 ambiguous += 1
                 retry = ambiguous < self.retry.policy.max_ambiguous
             metrics.INFERENCE_REQUESTS.labels(kind, "retry" if retry else "error").inc()
@@ -99,6 +135,18 @@ class InferenceService:
         return await self.retry.call(
             attempt, what=f"{kind} inference of {len(rows)} rows", should_retry=should_retry
         )
+
+    async def _request(self, kind: str, rows: list[ModelInput]) -> list[ModelOutput]:
+        metrics.INFERENCE_IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            outputs = await self.model.infer(rows)
+        finally:
+            metrics.INFERENCE_IN_FLIGHT.dec()
+            metrics.INFERENCE_LATENCY.labels(kind).observe(time.perf_counter() - started)
+        metrics.INFERENCE_BATCH_SIZE.labels(kind).observe(len(rows))
+        metrics.INFERENCE_REQUESTS.labels(kind, "ok").inc()
+        return outputs
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     retry_backoff_initial_s: float = Field(default=0.2, gt=0)
     retry_backoff_max_s: float = Field(default=10.0, gt=0)
     # Server errors that are neither clearly transient nor clearly the request's fault are retried
-    # this often for a single row, then the row is dead-lettered.
+    # this often for a single row, then the row is dead-lettered: only while the model answers a
+    # known-good row; otherwise they are the server's fault and retried until it answers (inference.py).
     retry_max_ambiguous: int = Field(default=3, ge=1)
 
     # --- Agents -----------------------------------------------------------------------------------

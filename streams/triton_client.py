@@ -1,8 +1,10 @@
 """Triton's asyncio gRPC client for `ecom_fusion`, every failure turned into the service's errors.
 
 Retriable or not is decided here, once, from the gRPC status code: unavailable, overloaded, timed out
-or a model that is (re)loading is retriable; an error the model raises for one request names the
-request's own fault by its `fusion.errors` class and is not.
+or a model that is (re)loading is retriable; so is a Python backend whose stub process is dead (Triton
+stays up and answers every request with INTERNAL). An error the model raises for one request names the
+request's own fault by its `fusion.errors` class and is not retriable. Any other INTERNAL/UNKNOWN error
+is ambiguous: whether it is the request's fault or the server's is decided by `streams.inference`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import numpy as np
 
 from fusion.errors import BadInput
 from streams.contract import ModelInfo, ModelInput, ModelOutput, parse_model_config, split_outputs
-from streams.errors import EnrichmentError, InferenceTimeout, InferenceUnavailable, ModelRejected
+from streams.errors import (
+    EnrichmentError,
+    InferenceTimeout,
+    InferenceUnavailable,
+    ModelRejected,
+    ModelServerFault,
+)
 
 # gRPC status codes (as tritonclient reports them) that say "try again later".
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.ABORTED"}
@@ -44,6 +52,9 @@ def classify_triton_error(status: str | None, message: str) -> EnrichmentError:
     lowered = text.lower()
     if status == "StatusCode.NOT_FOUND" or "not ready" in lowered or "unknown model" in lowered:
         return InferenceUnavailable(f"{status}: {text}")  # the model is (re)loading
+    if status in _AMBIGUOUS and "stub process" in lowered and "not healthy" in lowered:
+        # Triton's own words for a Python backend whose stub died: no request can be answered.
+        return ModelServerFault(f"{status}: {text}")
     if status in _AMBIGUOUS:
         # The model names the request's own fault by its fusion.errors class ("InvalidImage: ...").
         return ModelRejected(f"{status}: {text}", ambiguous=not text.startswith(_BAD_INPUT_PREFIXES))
