@@ -7,13 +7,14 @@ service's errors (`streams.errors`); the pipeline decides retry or dead letter f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from streams.contract import ModelInfo, ModelOutput
 from streams.errors import BadModelResponse
@@ -49,6 +50,15 @@ class StepContext:
     clock: Callable[[], datetime]
 
 
+@dataclass(frozen=True)
+class WithPending:
+    """A step's output, and state changes of its event still on their way to the broker: the pipeline
+    publishes the output while they travel, and finishes the event only when both are acknowledged."""
+
+    output: BaseModel
+    pending: Awaitable[None] | None
+
+
 # --- steps (one per route, streams.topology) --------------------------------------------------------
 async def review_step(ctx: StepContext, event: ReviewEvent, record: SourceRecord) -> ReviewSentiment:
     output = await ctx.inference.infer("review", review_input(event, ctx.limits))
@@ -62,11 +72,12 @@ async def product_step(ctx: StepContext, event: ProductUploadEvent, record: Sour
     return product_category(event, output, info, ctx.top_k_categories, ctx.clock())
 
 
-async def click_step(ctx: StepContext, event: ClickEvent, record: SourceRecord) -> Recommendation:
+async def click_step(ctx: StepContext, event: ClickEvent, record: SourceRecord) -> WithPending:
     origin = Origin(record.partition, record.offset)
-    items = await ctx.recommender.recommend(event, ctx.recommendations_k, origin)
+    # The click's state writes are under way: they and the recommendation are acknowledged together.
+    items, durable = await ctx.recommender.answer(event, ctx.recommendations_k, origin)
     processed = ctx.clock()
-    return Recommendation(
+    recommendation = Recommendation(
         event_id=event.event_id,
         user_id=event.user_id,
         session_id=event.session_id,
@@ -78,6 +89,7 @@ async def click_step(ctx: StepContext, event: ClickEvent, record: SourceRecord) 
         processed_ts=processed,
         latency_ms=round(max(0.0, (processed - received_at(event, record)).total_seconds()) * 1000.0, 3),
     )
+    return WithPending(recommendation, durable)
 
 
 def received_at(event: ClickEvent, record: SourceRecord) -> datetime:

@@ -10,6 +10,27 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+STAGES = ("broker", "step", "publish", "state_writes")
+# Finer at the low end: the stages of a healthy event take milliseconds to tens of milliseconds.
+STAGE_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.12,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 # From 5 ms to 2 min: a healthy pipeline sits in the tens of milliseconds, an outage in minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -49,6 +70,14 @@ PARTITION_STOPPED_OFFSET = Gauge(
     "Offset at which a partition is stopped by an undecodable batch (a series only while it is)",
     ["topic", "partition"],
 )
+STAGE_LATENCY = Histogram(
+    "ecom_stage_latency_seconds",
+    "Where an event's time goes: broker (its record time to its agent), step (parse, model or "
+    "recommender), publish (the output acknowledged) and state_writes (the state it changed "
+    "acknowledged; clicks), the last two from the end of the step and concurrent",
+    ["topic", "stage"],
+    buckets=STAGE_BUCKETS,
+)
 RECOMMENDATION_LATENCY = Histogram(
     "ecom_recommendation_latency_seconds",
     "From a click's arrival on the clickstream (its record time) to the delivery of its recommendation",
@@ -70,6 +99,8 @@ def initialise(
         END_TO_END_LATENCY.labels(topic)
         for outcome in ("enriched", "dead_lettered"):
             EVENTS_PROCESSED.labels(topic, outcome)
+        for stage in STAGES:
+            STAGE_LATENCY.labels(topic, stage)
     for topic in (*outputs, *dlqs):
         EVENTS_PRODUCED.labels(topic)
     for kind in model_kinds:

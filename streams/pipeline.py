@@ -10,8 +10,10 @@ waits, and so does the agent that holds it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -20,7 +22,7 @@ from pydantic import BaseModel
 
 from streams import metrics
 from streams.deadletter import envelope
-from streams.enrich import StepContext, received_at
+from streams.enrich import StepContext, WithPending, received_at
 from streams.errors import EnrichmentError, InternalError
 from streams.events import ClickEvent, InputEvent, dumps, parse_event, utcnow
 from streams.lifecycle import Retry
@@ -79,12 +81,15 @@ class Pipeline:
         """Enrich and publish, or dead-letter; raises only `ShuttingDown` (the event stays unfinished)."""
         topic = record.topic
         metrics.EVENTS_CONSUMED.labels(topic).inc()
-        result = await self._enrich(record)
+        started = self.clock()
+        if record.timestamp is not None and record.timestamp > 0:
+            waited = started.timestamp() - record.timestamp
+            metrics.STAGE_LATENCY.labels(topic, "broker").observe(max(0.0, waited))
+        result = await self._deliver(record)
         if isinstance(result, EnrichmentError):
             await self._dead_letter(record, result)
             metrics.EVENTS_PROCESSED.labels(topic, "dead_lettered").inc()
             return "dead_lettered"
-        await self.publisher.publish(result.topic, result.key, dumps(result.event))
         now = self.clock()
         metrics.END_TO_END_LATENCY.labels(topic).observe(max(0.0, (now - result.source.ts).total_seconds()))
         if isinstance(result.source, ClickEvent):
@@ -93,21 +98,33 @@ class Pipeline:
         metrics.EVENTS_PROCESSED.labels(topic, "enriched").inc()
         return "enriched"
 
-    async def _enrich(self, record: SourceRecord) -> Output | EnrichmentError:
-        """The output for `record`, or the non-retriable error that sends it to the dead letters."""
+    async def _deliver(self, record: SourceRecord) -> Output | EnrichmentError:
+        """The event's output, delivered with the state changes its step made; or the non-retriable
+        error that sends it to the dead letters."""
         bound = self.routes.get(record.topic)
         if bound is None:
             return InternalError(f"no route for topic {record.topic}")
+        topic = record.topic
 
-        async def step() -> Output:
+        async def attempt() -> Output:
+            # A failed state write retries the whole step: the recommender's state absorbs a click once
+            # (streams.recommend.dedup), and the output may go out twice, as after any crash.
+            started = time.perf_counter()
             limit = self.context.limits.max_message_bytes
             event = parse_event(bound.route.event, record.value, limit)
-            out = await bound.route.step(self.context, event, record)
-            return Output(bound.output, str(getattr(event, bound.route.key)).encode(), out, event)
+            result = await bound.route.step(self.context, event, record)
+            output, pending = (
+                (result.output, result.pending) if isinstance(result, WithPending) else (result, None)
+            )
+            stepped = time.perf_counter()
+            metrics.STAGE_LATENCY.labels(topic, "step").observe(stepped - started)
+            out = Output(bound.output, str(getattr(event, bound.route.key)).encode(), output, event)
+            await asyncio.gather(self._publish(topic, out, stepped), self._durable(topic, pending, stepped))
+            return out
 
         try:
             # Transient failures are normally retried further down; never dead-letter an event for one.
-            return await self.retry.call(step, what=f"{record.coords} enrichment")
+            return await self.retry.call(attempt, what=f"{record.coords} enrichment")
         except EnrichmentError as exc:
             if exc.retriable:  # ShuttingDown: the event stays unfinished
                 raise
@@ -115,6 +132,15 @@ class Pipeline:
         except Exception as exc:
             log.exception("%s unexpected error while enriching", record.coords)
             return InternalError(f"{type(exc).__name__}: {exc}")
+
+    async def _publish(self, topic: str, out: Output, since: float) -> None:
+        await self.publisher.publish(out.topic, out.key, dumps(out.event))
+        metrics.STAGE_LATENCY.labels(topic, "publish").observe(time.perf_counter() - since)
+
+    async def _durable(self, topic: str, pending: Awaitable[None] | None, since: float) -> None:
+        if pending is not None:
+            await pending
+            metrics.STAGE_LATENCY.labels(topic, "state_writes").observe(time.perf_counter() - since)
 
     async def _dead_letter(self, record: SourceRecord, error: EnrichmentError) -> None:
         letter = envelope(record, error, max_payload=self.dlq_max_payload_bytes, now=self.clock())

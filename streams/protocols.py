@@ -7,7 +7,7 @@ not on Faust's producer, the recommender's tables or Triton's gRPC client.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from streams.contract import ModelInfo, ModelInput, ModelOutput
@@ -28,9 +28,12 @@ class Publisher(Protocol):
 class Recommender(Protocol):
     model: ModelRef
 
-    async def recommend(self, click: ClickEvent, k: int, origin: Origin | None = None) -> list[ScoredItem]:
+    async def answer(
+        self, click: ClickEvent, k: int, origin: Origin | None = None
+    ) -> tuple[list[ScoredItem], Awaitable[None] | None]:
         """Record the click (once per `origin`, its clickstream record) and return up to `k` items for
-        its user, best first."""
+        its user, best first, with the state writes the click caused, still on their way: the click is
+        finished only once they are acknowledged."""
         ...
 
 

@@ -28,7 +28,7 @@ from streams import enrich
 from streams.events import ClickEvent, InputEvent, ProductUploadEvent, ReviewEvent
 from streams.records import SourceRecord
 
-Step = Callable[[enrich.StepContext, Any, SourceRecord], Awaitable[BaseModel]]
+Step = Callable[[enrich.StepContext, Any, SourceRecord], Awaitable[BaseModel | enrich.WithPending]]
 
 
 @dataclass(frozen=True)

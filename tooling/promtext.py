@@ -36,3 +36,13 @@ def series_labels(text: str) -> dict[str, set[str]]:
     for s in samples(text):
         series.setdefault(s.name, set()).update(s.labels)
     return series
+
+
+def histogram_buckets(text: str, name: str, **labels: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts, upper bound -> count, for the series with `labels`."""
+    out: dict[float, float] = {}
+    for s in samples(text):
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in labels.items()):
+            le = float(s.labels["le"])
+            out[le] = out.get(le, 0.0) + s.value
+    return out

@@ -23,6 +23,7 @@ Tables (docs/recommendations.md, "State and partitioning"):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import defaultdict
@@ -114,8 +115,18 @@ class BlendedRecommender:
         self.send_updates = send_updates
 
     async def recommend(self, click: ClickEvent, k: int, origin: Origin | None = None) -> list[ScoredItem]:
+        """`answer`, waiting for the click's state writes to be acknowledged."""
+        items, durable = await self.answer(click, k, origin)
+        if durable is not None:
+            await durable
+        return items
+
+    async def answer(
+        self, click: ClickEvent, k: int, origin: Origin | None = None
+    ) -> tuple[list[ScoredItem], asyncio.Task[None] | None]:
         """Apply the click to its user's state (once: `origin` is the click's clickstream record,
-        streams.recommend.dedup) and answer with the blended top k."""
+        streams.recommend.dedup) and answer with the blended top k; the state writes and item updates
+        are sent at once, and the returned task ends when they are acknowledged."""
         c = Click(
             click.event_id,
             click.user_id,
@@ -145,9 +156,8 @@ class BlendedRecommender:
         view = GlobalView(self.neighbours, self.item_stats, self.popular.get(c.ts), self.content, c.ts)
         recs = recommend(state, view, config)
         # The global rows change after this click is answered, through the item-keyed topic.
-        if resend is not None:
-            await self.send_updates(resend, origin)
-        return [scored_item(r) for r in recs]
+        durable = asyncio.ensure_future(self.send_updates(resend, origin)) if resend is not None else None
+        return [scored_item(r) for r in recs], durable
 
 
 def scored_item(r: ScoredProduct) -> ScoredItem:
