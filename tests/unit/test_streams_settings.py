@@ -75,4 +75,4 @@ def test_every_input_has_a_dead_letter_topic_and_all_share_the_partition_count()
         assert f"{topic}.dlq" in specs
     assert set(names.outputs) <= set(specs)
     assert {s.partitions for s in specs.values()} == {6}
-    assert names.output_for(names.clickstream) == "x.recommendations"
+    assert dict(zip(names.inputs, names.outputs, strict=True))[names.clickstream] == "x.recommendations"
