@@ -420,6 +420,14 @@ class Predictor:
             mask[j, : len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def text_tower(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Token ids and mask -> pooled text features (another runtime overrides this and `image_tower`)."""
+        return self.net.text.top(self.net.text.bottom(ids, mask), mask)
+
+    def image_tower(self, images: Tensor) -> Tensor:
+        """Prepared images [B, 3, S, S] -> pooled image features."""
+        return self.net.image.top(self.net.image.bottom(images))
+
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Pooled text features [N, 384] and wide-branch logits [N, 3 (+C)], batched by similar length."""
@@ -435,7 +443,7 @@ class Predictor:
             batch = [texts[i] for i in rows]
             ids, mask = self._pad([token_ids[i] for i in rows])
             index = torch.tensor(rows, device=dev)
-            feat[index] = net.text.top(net.text.bottom(ids, mask), mask)
+            feat[index] = self.text_tower(ids, mask)
             wide[index] = net.wide_logits(*wide_batch(batch, net.config.wide_buckets, dev))
         return feat, wide
 
@@ -445,7 +453,7 @@ class Predictor:
         chunks = []
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.stack(images[start : start + batch_size])).to(dev)
-            chunks.append(net.image.top(net.image.bottom(x)))
+            chunks.append(self.image_tower(x))
         return torch.cat(chunks) if chunks else torch.zeros(0, net.image.dim, device=dev)
 
     @torch.inference_mode()

@@ -33,14 +33,24 @@ class Serving:
     queue_delay_us: int
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
+    # How the network's towers run (fusion.fast.RUNTIMES); versions whose model.py predates the
+    # parameter ignore it and run torch.
+    runtime: str = "torch"
 
 
 # Measured with `python -m benchmarks run` (docs/benchmarks.md, "Tuning"). On the CPU: one instance per
 # core with one torch thread each (intra-op threads on a shared 2-core machine cost twice the CPU per
 # row); a preferred batch equal to the worker's batch (ECOM_BATCH_MAX_SIZE) stops the dynamic batcher
 # from merging the worker's two requests into one execution and leaving the other instance idle.
+# OpenVINO on the CPU: the fastest runtime measured for the same outputs (docs/model.md, "Fast CPU
+# runtime"); the GPU keeps torch.
 CPU_SERVING = Serving(
-    instances=2, torch_threads=1, queue_delay_us=2000, max_batch_size=64, preferred_batch_sizes=(32,)
+    instances=2,
+    torch_threads=1,
+    queue_delay_us=2000,
+    max_batch_size=64,
+    preferred_batch_sizes=(32,),
+    runtime="openvino",
 )
 GPU_SERVING = Serving(instances=1, torch_threads=2, queue_delay_us=1000, max_batch_size=256)
 
@@ -57,10 +67,11 @@ def served_versions(model_dir: Path) -> list[int]:
 
 
 def version_policy(versions: Sequence[int]) -> str:
-    if len(versions) <= 1:
+    """Every version with weights is served side by side (a request names the version it wants, the
+    latest when it names none, so a rollout can move traffic between them); a folder without weights
+    (a training in progress) is never loaded."""
+    if not versions:
         return "version_policy: { latest: { num_versions: 1 } }"
-    # Every version stays loaded side by side: a request names the version it wants (the latest when
-    # it names none), so a rollout can move traffic between them.
     return f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in versions)} ] }} }}"
 
 
@@ -84,6 +95,7 @@ def render_config(
         "max_image_pixels": str(limits.max_image_pixels),
         "image_formats": json.dumps(list(limits.formats)),
         "torch_threads": str(serving.torch_threads),
+        "runtime": serving.runtime,
     }
     param_text = "\n".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{_escape(v)}" }} }}' for k, v in params.items()

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from fusion.errors import BadInput, FusionError
+from fusion.fast import make_predictor
 from fusion.network import Predictor, load_tuned
 from fusion.preprocess import GreyImage, ImageTensor, InputLimits, prepare_image, validate_request
 
@@ -62,9 +63,24 @@ def as_bytes(value: object) -> bytes:
 
 
 class FusionService:
-    def __init__(self, version_dir: Path, device: str = "cpu", limits: InputLimits | None = None) -> None:
+    def __init__(
+        self,
+        version_dir: Path,
+        device: str = "cpu",
+        limits: InputLimits | None = None,
+        runtime: str = "torch",
+        threads: int = 1,
+    ) -> None:
+        """`runtime` (fusion.fast.RUNTIMES) applies on the CPU; when its library is not installed the
+        service logs a warning and runs torch (`self.runtime` says which one runs)."""
         tokenizer, net = load_tuned(version_dir, device)
-        self.predictor = Predictor(tokenizer, net, device)
+        self.predictor: Predictor
+        try:
+            self.predictor = make_predictor(tokenizer, net, device, runtime, version_dir, threads)
+        except ImportError as exc:
+            log.warning("runtime %s unavailable (%s): serving with torch", runtime, exc)
+            self.predictor = Predictor(tokenizer, net, device)
+        self.runtime = getattr(self.predictor, "runtime", "torch")
         self.limits = limits or InputLimits()
         self.image_size = net.config.image_size
         self.num_categories = net.config.num_leaves
