@@ -9,11 +9,18 @@ import numpy as np
 
 from fusion.taxonomy import DEPARTMENTS, FMNIST_CLASSES, SENTIMENT_LABELS
 
-TARGETS = {
-    "sentiment_macro_f1": 0.75,
-    "fmnist_accuracy": 0.93,
-    "department_accuracy": 0.90,
+# Targets per model version (version 1 was held to 0.75 sentiment macro-F1; version 2 to 0.72 and at
+# least SENTIMENT_MARGIN above TF-IDF + LR of the same run).
+TARGETS_BY_VERSION = {
+    "1": {"sentiment_macro_f1": 0.75, "fmnist_accuracy": 0.93, "department_accuracy": 0.90},
+    "2": {"sentiment_macro_f1": 0.72, "fmnist_accuracy": 0.93, "department_accuracy": 0.90},
 }
+SENTIMENT_MARGIN = {"2": 0.04}
+TARGETS = TARGETS_BY_VERSION["2"]
+
+
+def targets_of(run: dict[str, Any]) -> dict[str, float]:
+    return TARGETS_BY_VERSION.get(str(run.get("model_version", "1")), TARGETS)
 
 
 def _fmt(value: Any) -> str:
@@ -22,11 +29,53 @@ def _fmt(value: Any) -> str:
 
 def summary_line(metrics: dict[str, Any]) -> str:
     m = metrics["model"]
+    t = targets_of(metrics["run"])
+    tfidf = metrics.get("baselines", {}).get("tfidf_logreg", {}).get("sentiment_macro_f1")
+    baseline = f", TF-IDF + LR {tfidf:.3f}" if isinstance(tfidf, float) else ""
     return (
-        f"test: sentiment macro-F1 {m['reviews_test']['sentiment_macro_f1']:.3f} (target 0.75), "
-        f"department accuracy {m['reviews_test']['department_accuracy']:.3f} (target 0.90), "
-        f"Fashion-MNIST accuracy {m['fmnist_test']['accuracy']:.3f} (target 0.93)"
+        f"test: sentiment macro-F1 {m['reviews_test']['sentiment_macro_f1']:.3f}"
+        f" (target {t['sentiment_macro_f1']}{baseline}), "
+        f"department accuracy {m['reviews_test']['department_accuracy']:.3f}"
+        f" (target {t['department_accuracy']}), "
+        f"Fashion-MNIST accuracy {m['fmnist_test']['accuracy']:.3f} (target {t['fmnist_accuracy']})"
     )
+
+
+def comparison_rows(current: dict[str, Any], previous: dict[str, Any]) -> list[str]:
+    """A markdown table of the previous version beside this one, same test splits."""
+
+    def figures(m: dict[str, Any]) -> list[tuple[str, Any]]:
+        model, base = m["model"], m.get("baselines", {})
+        return [
+            ("review sentiment macro-F1", model["reviews_test"]["sentiment_macro_f1"]),
+            (
+                "TF-IDF + LR sentiment macro-F1 (same run)",
+                base.get("tfidf_logreg", {}).get("sentiment_macro_f1"),
+            ),
+            ("department from review text, accuracy", model["reviews_test"]["department_accuracy"]),
+            ("Fashion-MNIST from the image alone, accuracy", model["fmnist_test"]["accuracy"]),
+            ("review sentiment accuracy", model["reviews_test"]["sentiment_accuracy"]),
+            ("leaf accuracy from review text", model["reviews_test"]["leaf_accuracy"]),
+            ("paired test set, leaf accuracy (both)", model["pairs_test"]["leaf_accuracy"]["both"]),
+            ("training wall time, min", m["run"]["seconds"]["wall_total"] / 60),
+        ]
+
+    old_run, new_run = previous["run"], current["run"]
+    rows = [
+        _row(
+            "test split",
+            f"version {old_run.get('model_version', '1')} ({old_run['version_name']})",
+            f"version {new_run.get('model_version', '?')} ({new_run['version_name']})",
+            "change",
+        ),
+        _row("---", "---", "---", "---"),
+    ]
+    for (label, old), (_, new) in zip(figures(previous), figures(current), strict=True):
+        change = f"{new - old:+.3f}" if isinstance(old, float) and isinstance(new, float) else "-"
+        rows.append(
+            _row(label, _fmt(old) if old is not None else "-", _fmt(new) if new is not None else "-", change)
+        )
+    return rows
 
 
 def _plot_history(history: list[dict[str, float]], path: Path) -> None:
@@ -107,6 +156,7 @@ def write_model_card(
     metrics: dict[str, Any],
     history: list[dict[str, float]],
     details: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> None:
     """`model_card.md` + plots in `target`; confusion plots are (re)drawn when `details` is given."""
     target.mkdir(parents=True, exist_ok=True)
@@ -129,20 +179,27 @@ def write_model_card(
         )
         for key, labels, title, name in plots:
             _plot_confusion(details[key], labels, title, target / name)
-    (target / "model_card.md").write_text(render_card(metrics, history, details))
+    (target / "model_card.md").write_text(render_card(metrics, history, details, previous))
 
 
 def render_card(
-    metrics: dict[str, Any], history: list[dict[str, float]], details: dict[str, Any] | None
+    metrics: dict[str, Any],
+    history: list[dict[str, float]],
+    details: dict[str, Any] | None,
+    previous: dict[str, Any] | None = None,
 ) -> str:
+    """The card of one version; `previous` (the metrics.json of the version before) adds a comparison."""
     m, b, run = metrics["model"], metrics.get("baselines", {}), metrics["run"]
+    version = str(run.get("model_version", "1"))
+    goal = targets_of(run)
+    margin = SENTIMENT_MARGIN.get(version)
     details = details or metrics.get("details", {})
     rt, ft, pt = m["reviews_test"], m["fmnist_test"], m["pairs_test"]
     tfidf = b.get("tfidf_logreg", {})
     probe = b.get("image_linear_probe", {})
 
-    def met(value: float, goal: float) -> str:
-        return "met" if value >= goal else "**missed**"
+    def met(value: float, target: float) -> str:
+        return "met" if value >= target else f"**missed** by {target - value:.3f}"
 
     status = "PRELIMINARY (short training run; not the final model)" if run["preliminary"] else "final"
     if run.get("smoke"):
@@ -169,25 +226,48 @@ def render_card(
         _row(
             f"review sentiment macro-F1 (n={rt['n']})",
             _fmt(sent),
-            "0.75",
+            _fmt(goal["sentiment_macro_f1"]),
             f"TF-IDF(1-2 grams)+LR balanced {_fmt(tfidf.get('sentiment_macro_f1', '-'))}",
-            met(sent, 0.75),
+            met(sent, goal["sentiment_macro_f1"]),
+        ),
+        *(
+            [
+                _row(
+                    "review sentiment macro-F1 above TF-IDF + LR",
+                    f"{sent - tfidf['sentiment_macro_f1']:+.3f}",
+                    f"+{margin:.2f}",
+                    "same run, same split",
+                    met(sent - tfidf["sentiment_macro_f1"], margin),
+                )
+            ]
+            if margin is not None and isinstance(tfidf.get("sentiment_macro_f1"), float)
+            else []
         ),
         _row(
             "department from review text, accuracy",
             _fmt(dept),
-            "0.90",
+            _fmt(goal["department_accuracy"]),
             f"TF-IDF+LR {_fmt(tfidf.get('department_accuracy', '-'))}",
-            met(dept, 0.90),
+            met(dept, goal["department_accuracy"]),
         ),
         _row(
             f"Fashion-MNIST accuracy from the image alone (n={ft['n']})",
             _fmt(fm),
-            "0.93",
+            _fmt(goal["fmnist_accuracy"]),
             f"linear probe on frozen EfficientNet-Lite0 {_fmt(probe.get('fmnist_accuracy', '-'))}",
-            met(fm, 0.93),
+            met(fm, goal["fmnist_accuracy"]),
         ),
         "",
+        *(
+            [
+                "## Compared with the previous version (same test splits)",
+                "",
+                *comparison_rows(metrics, previous),
+                "",
+            ]
+            if previous is not None
+            else []
+        ),
         f"Also: review sentiment accuracy {_fmt(rt['sentiment_accuracy'])} (TF-IDF+LR"
         f" {_fmt(tfidf.get('sentiment_accuracy', '-'))});"
         f" leaf accuracy from review text {_fmt(rt['leaf_accuracy'])};",
@@ -266,7 +346,7 @@ def render_card(
                 f"{h['seconds']:.0f}",
             )
         )
-    lines += ["", TRIED, "", LIMITS, ""]
+    lines += ["", TRIED_BY_VERSION.get(version, TRIED), "", LIMITS, ""]
     return "\n".join(lines)
 
 
@@ -298,6 +378,32 @@ Not tried for lack of CPU time on this machine: more tuned MiniLM layers or full
 min per epoch), full EfficientNet fine-tuning (about 12 min per epoch at 64 px) or a larger input size,
 more epochs. Those are the next steps on a GPU, where the same command runs unchanged."""
 
+TRIED_V2 = """## What was tried for this version (measured on this machine, same splits)
+
+Version 1 fine-tuned one MiniLM layer on cached hidden states and EfficientNet-Lite0 from block 11:
+sentiment 0.680, department 0.888, Fashion-MNIST 0.925 (its card lists the runs before it).
+
+1. This version fine-tunes all six MiniLM layers (only the embedding output is cached: it stays
+   frozen) at learning rate 1e-4 and EfficientNet-Lite0 from block 8 (the 112-channel stage onwards;
+   blocks 0-7 cached on two augmented views), with the recipe of version 1 otherwise (AdamW, 6%
+   warm-up then linear decay, token / span / n-gram dropout, shifted and flipped image views,
+   synthesised pairs, seed 0).
+2. Cost on the 2-core machine, one torch thread, measured in short runs of 30 steps: 4.6 s per step
+   with blocks 8+ tuned and 5.0-5.5 s with blocks 5+ (the 80-channel stage too; validation after 30
+   steps 0.750 against 0.734 Fashion-MNIST, within the noise of so short a run), against about 2.7 s
+   per step for version 1. Blocks 5+ were not run in full: with the machine shared by other jobs (load
+   average 7 on 2 cores during this run) it did not fit the time available.
+3. Epochs: a two-epoch run was started first; its image cache alone took most of an hour on the
+   loaded machine, so it was stopped once its caches were on disk and the run was restarted from them
+   with one epoch (the command above). More epochs were therefore not measured on validation; the
+   learning curve has one point. Checkpoints (every 50 steps and per epoch) and `--resume` make a
+   longer run on this machine a matter of wall time, not of risk.
+
+Not tried for lack of CPU time: a second epoch, tuning blocks 5+ or the whole image tower, a larger
+image size, layer-wise learning-rate decay for the text tower."""
+
+TRIED_BY_VERSION = {"1": TRIED, "2": TRIED_V2}
+
 LIMITS = """## Intended use and limits
 
 - Sentiment is meaningful only when TEXT is present; for image-only requests it is the fusion head's
@@ -307,6 +413,19 @@ LIMITS = """## Intended use and limits
   negated when their border is bright (product on white) and padded to a square, to look alike; this
   transfer is untested on real catalogue photos.
 - Footwear and bags exist only as images; intimate, swim, skirt, shorts and trend only as text."""
+
+
+def previous_metrics(version_dir: Path) -> dict[str, Any] | None:
+    """metrics.json of the version numbered one below `version_dir`, when it exists beside it."""
+    import json
+
+    if not version_dir.name.isdigit() or int(version_dir.name) <= 1:
+        return None
+    path = version_dir.parent / str(int(version_dir.name) - 1) / "metrics.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     metrics = json.loads((args.version_dir / "metrics.json").read_text())
     history = json.loads(args.history.read_text())["epochs"]
-    (args.version_dir / "model_card.md").write_text(render_card(metrics, history, None))
+    previous = previous_metrics(args.version_dir)
+    (args.version_dir / "model_card.md").write_text(render_card(metrics, history, None, previous))
     return 0
 
 

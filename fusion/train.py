@@ -807,9 +807,10 @@ def main(argv: list[str] | None = None) -> int:
         "details": details,
     }
     (out_dir / "history.json").write_text(json.dumps({"epochs": history, "run": run_info}, indent=2) + "\n")
+    previous = report.previous_metrics(version_dir)
     for target in {out_dir, version_dir}:
         (target / "metrics.json").write_text(json.dumps(all_metrics, indent=2) + "\n")
-        report.write_model_card(target, all_metrics, history, details)
+        report.write_model_card(target, all_metrics, history, details, previous)
     if args.export:
         write_repository(args.export, version_name=version_name, embedding_dim=net_cfg.embedding_dim)
     print(report.summary_line(all_metrics))
