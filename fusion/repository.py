@@ -55,6 +55,32 @@ CPU_SERVING = Serving(
 GPU_SERVING = Serving(instances=1, torch_threads=2, queue_delay_us=1000, max_batch_size=256)
 
 
+LABEL_FILE = "category_labels.txt"  # CATEGORY's labels, one per line in index order (write_repository)
+# Warm-up data, in Triton's format for TYPE_STRING (each element: a 4-byte little-endian length, then the
+# bytes): files under <model>/warmup/ that write_repository writes.
+WARMUP_TEXT = b"Soft fabric and a good fit; I would buy it again."
+WARMUP_SAMPLES = {"text_only": ("text", "empty"), "text_and_image": ("text", "image")}
+
+
+def _string_element(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "little") + data
+
+
+def warmup_files() -> dict[str, bytes]:
+    """The files that the config's model_warmup names: a text, no image, and a small plain PNG."""
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(png, format="PNG")
+    return {
+        "text": _string_element(WARMUP_TEXT),
+        "empty": _string_element(b""),
+        "image": _string_element(png.getvalue()),
+    }
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -105,6 +131,17 @@ def render_config(
         if serving.preferred_batch_sizes
         else ""
     )
+    # Each instance runs these requests before the model is ready (WARMUP_FILES, under warmup/): a
+    # review-like row (text only) and a listing-like row (text and image), so readiness means warm.
+    samples = []
+    for sample, (text_file, image_file) in WARMUP_SAMPLES.items():
+        inputs = "\n".join(
+            f'    inputs {{ key: "{name}" value: {{ data_type: TYPE_STRING dims: [ 1 ] '
+            f'input_data_file: "{file}" }} }}'
+            for name, file in (("TEXT", text_file), ("IMAGE", image_file))
+        )
+        samples.append(f'  {{\n    name: "{sample}"\n    batch_size: 1\n{inputs}\n  }}')
+    warmup = "model_warmup [\n" + ",\n".join(samples) + "\n]"
     instance = (
         f"instance_group [ {{ count: {serving.instances}, kind: KIND_GPU, gpus: [ 0 ] }} ]"
         if kind == "gpu"
@@ -121,7 +158,7 @@ input [
 ]
 output [
   {{ name: "SENTIMENT", data_type: TYPE_FP32, dims: [ 3 ] }},
-  {{ name: "CATEGORY", data_type: TYPE_FP32, dims: [ {len(LEAF_NAMES)} ] }},
+  {{ name: "CATEGORY", data_type: TYPE_FP32, dims: [ {len(LEAF_NAMES)} ], label_filename: "{LABEL_FILE}" }},
   {{ name: "EMBEDDING", data_type: TYPE_FP32, dims: [ {embedding_dim} ] }}
 ]
 dynamic_batching {{{preferred}
@@ -129,6 +166,7 @@ dynamic_batching {{{preferred}
 }}
 {instance}
 {version_policy(versions)}
+{warmup}
 {param_text}
 """
 
@@ -162,7 +200,10 @@ def write_repository(
             versions=versions,
         ),
     )
-    atomic_write_text(model_dir / "category_labels.txt", "\n".join(LEAF_NAMES) + "\n")
+    atomic_write_text(model_dir / LABEL_FILE, "\n".join(LEAF_NAMES) + "\n")
+    (model_dir / "warmup").mkdir(exist_ok=True)
+    for name, data in warmup_files().items():
+        (model_dir / "warmup" / name).write_bytes(data)
     atomic_write_text(model_dir / "taxonomy.json", json.dumps(taxonomy_document(), indent=2) + "\n")
 
 
