@@ -456,8 +456,12 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         resume: bool = False,
         checkpoint_every: int = 0,
+        finish_early: bool = False,
     ) -> tuple[list[dict[str, float]], npt.NDArray[np.float32]]:
         """Train `cfg.epochs` epochs; keep the best epoch on validation.
+
+        `finish_early` (with `resume`): train no further; the checkpoint's weights, validated as a
+        partial epoch, compete with the finished epochs for the kept model.
 
         With `checkpoint_dir`, the whole training state (tuned weights, optimizer, schedule, random
         states, the epoch's order and position, history, best epoch so far) is written to
@@ -521,6 +525,24 @@ class Trainer:
             torch.save(state, partial)
             partial.replace(checkpoint_dir / "last.pt")
 
+        if finish_early and plan is not None and start_step > 0:
+            val, extra = self.validate()
+            steps = len(plan["batches"])
+            partial_epoch = {"epoch": start_epoch - 1 + start_step / steps, "seconds": epoch_seconds}
+            partial_epoch.update({f"train_{k}": v / start_step for k, v in (totals or {}).items()})
+            partial_epoch.update(val)
+            history.append(partial_epoch)
+            tqdm.write(
+                f"fusion.train: finished early at epoch {start_epoch}, step {start_step}/{steps}:"
+                f" val sentiment macro-F1 {val['val_sentiment_macro_f1']:.3f}"
+                f" | department {val['val_department_accuracy']:.3f}"
+                f" | Fashion-MNIST {val['val_fmnist_accuracy']:.3f}"
+            )
+            if val["val_score"] > best_score:
+                best_score, best_bias = val["val_score"], extra["sentiment_bias"]
+                best_state = copy.deepcopy(self.net.tuned_state_dict())
+        if finish_early:
+            start_epoch = cfg.epochs + 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter() - epoch_seconds
             if plan is None:
@@ -658,6 +680,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue the run in --output from its last checkpoint (same flags), reusing its caches",
     )
     p.add_argument(
+        "--finish-early",
+        action="store_true",
+        help="with --resume: train no further, export the best of the checkpoint and the finished epochs",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         default=100,
@@ -746,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     version_label = args.version_name or f"ecom_fusion-{args.model_version}.0"
     trainer.prepare(reviews, split, fm_train, fm_split, cache_dir=out_dir / "checkpoints")
     train0 = time.perf_counter()
-    history, bias = trainer.fit(out_dir / "checkpoints", args.resume, args.checkpoint_every)
+    history, bias = trainer.fit(
+        out_dir / "checkpoints", args.resume, args.checkpoint_every, args.resume and args.finish_early
+    )
     train_seconds = time.perf_counter() - train0
     net.sentiment_bias.copy_(torch.from_numpy(bias).to(device))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
     assert (cut / "checkpoints" / "last.pt").exists()
+    early = tmp_path / "early"
+    shutil.copytree(cut, early)
     assert train.main([*args, "--resume"]) == 0
+
+    # The same checkpoint finished early instead: no more training, the partial epoch is validated.
+    early_args = [*common, "--output", str(early), "--export", str(early / "repo"), "--model-version", "2"]
+    assert train.main([*early_args, "--resume", "--finish-early"]) == 0
+    epochs = json.loads((early / "history.json").read_text())["epochs"]
+    assert [round(e["epoch"], 2) for e in epochs] == [0.67]  # 2 of the 3 steps of epoch 1
+    assert (early / "repo" / "2" / "fusion.safetensors").exists()
 
     assert not (cut / "repo" / "1").exists()
     first = json.loads((whole / "repo" / "1" / "metrics.json").read_text())
