@@ -176,11 +176,22 @@ def compose_variables(value: Any) -> Iterator[tuple[str, str | None, str | None]
                 yield m.group("name"), m.group("op"), m.group("arg")
 
 
-def environment_of(service: Mapping[str, Any]) -> dict[str, str]:
+def environment_of(service: Mapping[str, Any], passed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A service's environment as its container gets it. A variable without a value (`NAME:` or `- NAME`)
+    is passed from .env or the shell, `passed` here, and left out of the container when unset there."""
     env = service.get("environment") or {}
     if isinstance(env, list):
-        return dict(item.split("=", 1) for item in env)
-    return {k: "" if v is None else str(v) for k, v in env.items()}
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    passed = passed or {}
+    return {k: str(v) if v is not None else passed[k] for k, v in env.items() if v is not None or k in passed}
+
+
+def passed_through(service: Mapping[str, Any]) -> set[str]:
+    """The variables a service takes from .env or the shell as they are (no value in the file)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return {item for item in env if "=" not in item}
+    return {k for k, v in env.items() if v is None}
 
 
 # --- Image references ----------------------------------------------------------------------------
