@@ -25,7 +25,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from streams import enrich
-from streams.events import ClickEvent, InputEvent, ProductUploadEvent, ReviewEvent
+from streams.events import (
+    ClickEvent,
+    InputEvent,
+    ProductCategory,
+    ProductUploadEvent,
+    Recommendation,
+    ReviewEvent,
+    ReviewSentiment,
+)
 from streams.records import SourceRecord
 
 Step = Callable[[enrich.StepContext, Any, SourceRecord], Awaitable[BaseModel | enrich.WithPending]]
@@ -39,6 +47,7 @@ class Route:
     event: type[InputEvent]  # the input schema: an event that does not parse goes to `dlq`
     step: Step  # what the event becomes (streams.enrich)
     output: str
+    output_event: type[BaseModel]  # the output schema: what `step` publishes on `output`
     key: str  # the output record's key: this field of the input event
     # "concurrent": ECOM_AGENT_CONCURRENCY actors share micro-batches; "per_key": events of one key run
     # one after another in partition order, different keys concurrently (ECOM_CLICK_CONCURRENCY).
@@ -57,6 +66,7 @@ ROUTES: tuple[Route, ...] = (
         event=ReviewEvent,
         step=enrich.review_step,
         output="review-sentiment",
+        output_event=ReviewSentiment,
         key="review_id",
         ordering="concurrent",
         model_kind="review",
@@ -67,6 +77,7 @@ ROUTES: tuple[Route, ...] = (
         event=ProductUploadEvent,
         step=enrich.product_step,
         output="product-categories",
+        output_event=ProductCategory,
         key="product_id",
         ordering="concurrent",
         model_kind="product",
@@ -77,6 +88,7 @@ ROUTES: tuple[Route, ...] = (
         event=ClickEvent,
         step=enrich.click_step,
         output="recommendations",
+        output_event=Recommendation,
         key="user_id",
         ordering="per_key",
         model_kind=None,
