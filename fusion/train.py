@@ -107,6 +107,9 @@ class TrainConfig:
     max_eval_reviews: int = 0
     max_eval_images: int = 0
     threads: int = 1
+    # A cap on the optimizer steps of the whole run (0 = every step of every epoch); the schedule
+    # (warm-up, linear decay to zero) spans the capped run.
+    max_steps: int = 0
 
 
 def set_seed(seed: int) -> None:
@@ -472,6 +475,8 @@ class Trainer:
         optimizer = make_optimizer(self.net, cfg)
         steps_per_epoch = math.ceil(len(self.split["train"]) / cfg.text_batch)
         total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps > 0:
+            total = min(total, cfg.max_steps)
         scheduler = linear_warmup(optimizer, total, max(1, int(cfg.warmup_frac * total)))
         history: list[dict[str, float]] = []
         best_score, best_state, best_bias = (
@@ -547,6 +552,11 @@ class Trainer:
             t0 = time.perf_counter() - epoch_seconds
             if plan is None:
                 plan = self.plan_epoch()
+                if cfg.max_steps > 0:  # the last epoch of a capped run stops early
+                    remaining = cfg.max_steps - (epoch - 1) * steps_per_epoch
+                    if remaining <= 0:
+                        break
+                    plan["batches"] = plan["batches"][:remaining]
 
             def on_step(
                 step: int, plan: dict[str, Any], totals: dict[str, float], epoch: int = epoch, t0: float = t0
