@@ -22,26 +22,40 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         default="kafka://localhost:9092", description="broker URL(s), Faust form, ;-separated"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = Field(
+        default="PLAINTEXT", description="how the workers connect to the brokers"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism, with a SASL protocol"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name (a Secret in k8s)")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (a Secret in k8s)")
     kafka_ssl_cafile: str | None = Field(
         default=None, description="CA bundle for SSL/SASL_SSL; system CAs if unset"
     )
     partitions: int = Field(
         default=4, ge=1, description="partitions of every topic, Faust's own topics included"
     )
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int = Field(
+        default=1, ge=1, description="replicas of every topic the service creates"
+    )
     topic_prefix: str = Field(
         default="", description="prepended to every topic name (tests, shared clusters)"
     )
     app_id: str = Field(default="ecom-enrichment", description="Faust app id = consumer group")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once", description="exactly_once needs a broker with transactions (Apache Kafka)"
+    )
     # A worker joins its group in about a second with these on the embedded broker.
-    broker_rebalance_timeout_s: float = Field(default=5.0, gt=0)
-    broker_session_timeout_s: float = Field(default=10.0, gt=0)
-    broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    broker_rebalance_timeout_s: float = Field(
+        default=5.0, gt=0, description="how long the group waits for members to rejoin in a rebalance"
+    )
+    broker_session_timeout_s: float = Field(
+        default=10.0, gt=0, description="a worker silent this long leaves the group"
+    )
+    broker_heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, description="how often a worker tells the group it is alive"
+    )
     commit_interval_s: float = Field(
         default=1.0, gt=0, description="how often acknowledged offsets are committed"
     )
@@ -61,19 +75,25 @@ class Settings(BaseSettings):
     )
 
     # --- Triton -----------------------------------------------------------------------------------
-    triton_grpc_url: str = "localhost:8001"
-    triton_model: str = "ecom_fusion"
-    triton_ssl: bool = False
+    triton_grpc_url: str = Field(default="localhost:8001", description="Triton's gRPC endpoint, host:port")
+    triton_model: str = Field(default="ecom_fusion", description="the model's name in Triton's repository")
+    triton_ssl: bool = Field(default=False, description="TLS to Triton's gRPC endpoint")
     infer_timeout_s: float = Field(default=30.0, gt=0, description="deadline of one gRPC inference request")
     batch_max_size: int = Field(default=32, ge=1, description="rows per inference request")
     batch_linger_ms: float = Field(default=10.0, ge=0, description="wait this long for a batch to fill")
     max_in_flight: int = Field(default=2, ge=1, description="concurrent inference requests per kind")
-    retry_backoff_initial_s: float = Field(default=0.2, gt=0)
-    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    retry_backoff_initial_s: float = Field(
+        default=0.2, gt=0, description="first wait before a retry; then exponential, with jitter"
+    )
+    retry_backoff_max_s: float = Field(default=10.0, gt=0, description="longest wait between retries")
     # Server errors that are neither clearly transient nor clearly the request's fault are retried
     # this often for a single row, then the row is dead-lettered: only while the model answers a
     # known-good row; otherwise they are the server's fault and retried until it answers (inference.py).
-    retry_max_ambiguous: int = Field(default=3, ge=1)
+    retry_max_ambiguous: int = Field(
+        default=3,
+        ge=1,
+        description="tries of a row an unexplained server error keeps failing, then dead-lettered",
+    )
 
     # --- Agents -----------------------------------------------------------------------------------
     agent_concurrency: int = Field(default=64, ge=1, description="events in progress per inference agent")
@@ -85,18 +105,20 @@ class Settings(BaseSettings):
 
     # --- Limits (violations are dead-lettered) ----------------------------------------------------
     # Kafka's own default message.max.bytes is about 1 MB; base64 makes an image 4/3 its size in JSON.
-    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=1024, description="largest input record; a larger one is dead-lettered"
+    )
     max_text_bytes: int = Field(default=64 * 1024, ge=1, description="UTF-8 bytes of one row's text")
     max_image_bytes: int = Field(default=700_000, ge=1, description="one decoded image")
     max_image_pixels: int = Field(default=16_000_000, ge=1, description="width x height, from the header")
-    max_review_images: int = Field(default=8, ge=0)
+    max_review_images: int = Field(default=8, ge=0, description="photos per review")
     dlq_max_payload_bytes: int = Field(
         default=256_000, ge=0, description="original payload kept in an envelope"
     )
 
     # --- Outputs ------------------------------------------------------------------------------------
-    top_k_categories: int = Field(default=5, ge=1)
-    recommendations_k: int = Field(default=10, ge=1)
+    top_k_categories: int = Field(default=5, ge=1, description="categories listed per product")
+    recommendations_k: int = Field(default=10, ge=1, description="items per recommendation")
     embedding_sync_interval_s: float = Field(
         default=5.0, gt=0, description="how often embeddings written by other workers are indexed"
     )
@@ -120,10 +142,14 @@ class Settings(BaseSettings):
     )
 
     # --- Operations ---------------------------------------------------------------------------------
-    web_port: int = Field(default=6066, ge=1, le=65535)
-    web_host: str = "0.0.0.0"  # noqa: S104  (a pod's probes and Prometheus reach it from outside)
-    health_interval_s: float = Field(default=5.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    web_port: int = Field(default=6066, ge=1, le=65535, description="metrics and health port")
+    web_host: str = Field(default="0.0.0.0", description="address the metrics and health port listens on")  # noqa: S104  (a pod's probes and Prometheus reach it from outside)
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the broker and Triton are probed for /readyz"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="the service's log level"
+    )
     log_json: bool = Field(default=False, description="one JSON object per log line")
     # Shoppers' sessions and histories: off unless turned on, then only for loopback clients that send
     # `Authorization: Bearer <token>` (docs/security.md). /livez, /readyz and /metrics are always open.
