@@ -4,6 +4,11 @@ The serving path is `fusion.serving.FusionService.run`, the very code `model.py`
 dynamic batch (one request per row: validation, PNG decoding, tokenisation, preprocessing, the network),
 fed with the rows the worker would send for the same inputs. The network alone (`Predictor.predict` on
 already decoded and prepared inputs) is measured beside it at the best batch size.
+
+The model runs in the runtime the served config selects for the version (`runtime` parameter of
+`config.pbtxt`, `fusion.fast`; OpenVINO on the CPU), so that the stream's figures compare with the same
+network; when that is not torch, the fp32 torch network is measured too, as kinds named
+"<kind> (torch fp32)" (one line each in the report), with its ratio in `runtime_vs_torch`.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def measure_model(
 
     if threads > 0:
         torch.set_num_threads(threads)
+    runtime = served_runtime(version_dir, device)
     started = time.perf_counter()
-    service = FusionService(version_dir, device)
+    service = FusionService(version_dir, device, runtime=runtime, threads=max(threads, 1))
     load_s = time.perf_counter() - started
 
     def sync() -> None:
@@ -68,10 +74,23 @@ def measure_model(
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_seconds": round(load_s, 2),
+        "runtime": service.runtime,
         "kinds": {},
     }
     for kind in kinds:
         result["kinds"][kind] = _measure_kind(service, inputs, kind, batch_sizes, sync, seconds, warmup)
+    if service.runtime != "torch":
+        del service
+        gc.collect()
+        service = FusionService(version_dir, device)
+        ratios: dict[str, float] = {}
+        for kind in kinds:
+            ref = _measure_kind(service, inputs, kind, batch_sizes, sync, seconds, warmup)
+            result["kinds"][f"{kind} (torch fp32)"] = ref
+            # CPU per item at each one's best batch: a ratio that holds on a shared machine.
+            ratios[kind] = ref["best"]["cpu_ms_per_item"] / result["kinds"][kind]["best"]["cpu_ms_per_item"]
+            log.info("model %s: %s uses %.2fx less CPU per item than torch fp32", kind, runtime, ratios[kind])
+        result["runtime_vs_torch"] = ratios
     del service  # free the model before the servers start
     gc.collect()
     if device.startswith("cuda"):
@@ -147,6 +166,21 @@ def _measure_kind(
             "items_per_s": best_batch * len(times) / sum(times),
         },
     }
+
+
+def served_runtime(version_dir: Path, device: str) -> str:
+    """The runtime Triton runs this version in on `device`: the config's `runtime` parameter when the
+    version's model.py reads it and the device is a CPU, else torch."""
+    import re
+
+    model_py = version_dir / "model.py"
+    config = version_dir.parent / "config.pbtxt"
+    if not device.startswith("cpu") or not model_py.exists() or not config.exists():
+        return "torch"
+    if '"runtime"' not in model_py.read_text():
+        return "torch"
+    found = re.search(r'key: "runtime" value \{ string_value: "([^"]*)" \}', config.read_text())
+    return found.group(1) if found else "torch"
 
 
 def _cpu_name() -> str:

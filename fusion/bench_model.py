@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--network-only", action="store_true", help="skip the serving path (decode, validate)")
     p.add_argument("--quality", action="store_true", help="test-split metrics of each runtime vs torch")
+    p.add_argument(
+        "--torch-metrics",
+        type=Path,
+        default=None,
+        help="a metrics.json whose test figures stand for torch's (the training run's own evaluation of"
+        " the same file through the same code): --quality then skips evaluating torch again",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -196,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                     f" {n['items_per_cpu_second']:8.1f} items/CPU-s\n"
                 )
                 sys.stdout.flush()
-        if args.quality:
+        if args.quality and service.runtime == "torch" and args.torch_metrics is not None:
+            quality["torch"] = json.loads(args.torch_metrics.read_text())["model"]
+            sys.stdout.write(f"{'torch':>16} test metrics: from {args.torch_metrics}\n")
+        elif args.quality:
             quality[service.runtime] = _quality(service)
             sys.stdout.write(f"{service.runtime:>16} test metrics: {json.dumps(quality[service.runtime])}\n")
         del service, predictor
