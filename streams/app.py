@@ -28,8 +28,9 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from streams.deadletter import max_dead_letter_bytes
 from streams.errors import ShuttingDown
-from streams.faust_ext import SafeCommitTransport, source_record, track_writes
+from streams.faust_ext import ReconcilingTableManager, SafeCommitTransport, source_record, track_writes
 from streams.health import install_health_pages
 from streams.logs import current_coords
 from streams.offsets import InFlight
@@ -56,6 +57,7 @@ class EnrichmentApp(faust.App):
     undecodable: StoppedPartitions
     runtime: Runtime
     fetch_max_wait_ms: int | None = None
+    table_cache_mb: int | None = None
 
     def _new_transport(self) -> Any:
         return SafeCommitTransport(self.conf.broker_consumer, self)
@@ -110,9 +112,12 @@ def create_app(
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
+        # A table ahead of its changelog's reported end is settled, not fatal (streams.faust_ext).
+        TableManager=ReconcilingTableManager,
         producer_acks=-1,
         producer_compression_type=settings.producer_compression,
-        producer_max_request_size=max(1_048_576, settings.dlq_max_payload_bytes * 2 + 65_536),
+        # A dead letter is the largest input the worker accepts, whole, plus its error headers.
+        producer_max_request_size=max(1_048_576, max_dead_letter_bytes(settings.max_message_bytes)),
         consumer_max_fetch_size=max(1_048_576, settings.max_message_bytes + 65_536),
         web_enabled=True,
         web_port=settings.web_port,
