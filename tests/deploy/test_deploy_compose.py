@@ -24,6 +24,14 @@ from deploytools import (
     strip_tags,
 )
 
+# Settings only the worker reads (its tables); everything else the one-shot and the worker share.
+WORKER_ONLY_SETTINGS = {
+    "ECOM_TABLE_STORE",
+    "ECOM_DATA_DIR",
+    "ECOM_TABLE_CACHE_MB",
+    "ECOM_TABLE_STANDBY_REPLICAS",
+}
+
 REQUIRED_FOR_TEST = {
     "GRAFANA_ADMIN_PASSWORD": "test-only",
     "TRITON_ADMIN_KEY": "test-only-admin-key-0123456789",
@@ -150,7 +158,9 @@ def test_start_order_topics_before_workers(services: dict[str, Any]) -> None:
     # The one-shot and the worker run the same image, so they agree on topic names and settings.
     assert create["image"] == worker["image"]
     assert create["build"] == worker["build"]
-    assert environment_of(create) == environment_of(worker)
+    create_env, worker_env = environment_of(create), environment_of(worker)
+    assert worker_env.items() >= create_env.items()
+    assert {k for k in worker_env if k not in create_env} <= WORKER_ONLY_SETTINGS
 
 
 def test_kafka_is_one_kraft_node_that_does_not_auto_create_topics(services: dict[str, Any]) -> None:
@@ -240,4 +250,22 @@ def test_workers_are_hardened(services: dict[str, Any]) -> None:
         svc = services[name]
         assert svc["read_only"] is True
         assert svc["cap_drop"] == ["ALL"]
-        assert "/tmp" in svc["tmpfs"] and "/var/lib/ecom" in svc["tmpfs"]
+        assert "/tmp" in svc["tmpfs"]
+        # The working directory is writable: a volume of its own (the worker's tables) or a tmpfs.
+        assert "/var/lib/ecom" in svc["tmpfs"] or "/var/lib/ecom" in svc.get("volumes", [])
+
+
+def test_worker_tables_live_in_rocksdb_on_a_volume_of_each_worker(services: dict[str, Any]) -> None:
+    from streams.settings import Settings
+
+    worker = services["worker"]
+    env = environment_of(worker)
+    settings = Settings(**{k.removeprefix("ECOM_").lower(): v for k, v in env.items() if "${" not in v})
+    assert settings.table_store == "rocksdb://"
+    assert settings.data_dir is not None and settings.data_dir.startswith("/var/lib/ecom/")
+    # An anonymous volume ("/path", no source): each replica gets its own, as RocksDB locks its files;
+    # a named volume would be shared by every replica.
+    assert "/var/lib/ecom" in worker["volumes"]
+    assert "/var/lib/ecom" not in worker["tmpfs"], "the tables on disk, not in memory"
+    if int(str(worker["deploy"]["replicas"]).split(":-")[-1].rstrip("}")) >= 2:
+        assert settings.table_standby_replicas == 1

@@ -205,12 +205,54 @@ def test_settings_are_ones_the_service_reads(overlay: str) -> None:
     assert settings.triton_grpc_url == "triton:8001"
 
 
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity) / (1024 * 1024)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_worker_tables_live_in_rocksdb_on_a_writable_volume_with_standbys(overlay: str) -> None:
+    from streams.settings import Settings
+
+    data = config(overlay)
+    fake_secret = {"kafka_sasl_username": "u", "kafka_sasl_password": "p"}
+    settings = Settings(**{k.removeprefix("ECOM_").lower(): v for k, v in data.items()}, **fake_secret)
+    assert settings.table_store == "rocksdb://"
+    worker = one(overlay, "Deployment", "ecom-worker")
+    pod = worker["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "worker")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The data directory lies on a mounted emptyDir (the root file system is read-only).
+    assert settings.data_dir is not None and settings.data_dir.startswith("/")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    mount = next((m for m in mounts if settings.data_dir.startswith(m.rstrip("/") + "/")), None)
+    assert mount is not None, f"{settings.data_dir} is on no mounted volume"
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[mount])
+    assert "emptyDir" in volume and not volume["emptyDir"].get("medium"), "on disk, not in memory"
+    assert mebibytes(volume["emptyDir"]["sizeLimit"]) >= 1024
+    # Two workers or more: each users partition has a warm standby copy on another worker.
+    scaled = one(overlay, "ScaledObject", "ecom-worker")
+    most = max(int(scaled["spec"]["maxReplicaCount"]), int(worker["spec"].get("replicas", 1)))
+    if most >= 2:
+        assert settings.table_standby_replicas == 1
+    # RocksDB's cache and memtables fit in the limit beside the Python process (~300 MB measured).
+    limit = mebibytes(container["resources"]["limits"]["memory"])
+    assert limit >= settings.table_cache_mb + 512, f"{limit} MiB for a {settings.table_cache_mb} MB cache"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_probes_ports_and_hardware(overlay: str) -> None:
     triton = one(overlay, "Deployment", "triton")
     pod = triton["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert probe_path(container, "livenessProbe") == ("/v2/health/live", 8000)
+    # Liveness: /v2/health/live, and a dead Python stub of the model (which Triton never restarts) found
+    # by a real inference; tests/faults/test_triton_faults.py runs this script against a real Triton.
+    liveness = container["livenessProbe"]["exec"]["command"]
+    assert liveness[:2] == ["python3", "-c"]
+    assert all(part in liveness[2] for part in ("localhost:8000", "/v2/health/live", "Stub process"))
     assert probe_path(container, "readinessProbe") == ("/v2/health/ready", 8000)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8000,
