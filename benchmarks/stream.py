@@ -151,13 +151,15 @@ class Traffic:
             await self._producer.stop()
 
     async def _read_forever(self) -> None:
+        from tooling.replay import record_value
+
         while True:
             batches = await self._consumer.getmany(timeout_ms=100, max_records=10_000)
             touched: set[str] = set()
             for tp, messages in batches.items():
                 dead = tp.topic.endswith(".dlq")
                 for m in messages:
-                    value = orjson.loads(m.value)
+                    value = record_value(m)  # a dead letter: what its headers say
                     event_id = str(value.get("event_id") or "")
                     phase = self.phases.get(event_id.split("-", 1)[0])
                     if phase is None:

@@ -234,24 +234,35 @@ class SourceInfo(BaseModel):
     topic: str
     partition: int
     offset: int
-    key: str | None = Field(description="the source key, UTF-8 or base64 per key_encoding")
-    key_encoding: Literal["utf-8", "base64"] | None
-    timestamp: datetime | None
+    timestamp: datetime | None = Field(description="the source record's time, when it had one")
+
+
+DEAD_LETTER_VERSION = 2  # 1: the JSON envelope with the payload inside (docs/events.md, "Migration")
 
 
 class DeadLetter(BaseModel):
-    """Topics `<input>.dlq`, keyed by the source key."""
+    """What a dead letter on `<input>.dlq` says about its failure: its error-context headers, read.
+
+    The dead-letter record itself is the input record, whole: its value is the original value bytes,
+    its key the original key, its headers the original headers followed by these fields as headers
+    (the Kafka Connect convention; names and encodings in docs/events.md, "Dead letters").
+    `streams.deadletter` writes and reads them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = DEAD_LETTER_VERSION
     event_id: str | None = Field(description="the input's event_id when it could be read")
     error: ErrorInfo
     source: SourceInfo
-    payload: str = Field(description="the original value, UTF-8 text or base64 per payload_encoding")
-    payload_encoding: Literal["utf-8", "base64"]
-    payload_size: int
-    payload_truncated: bool
+    attempts: int = Field(default=0, ge=0, description="times the original record has been re-driven")
+    origin: str | None = Field(
+        default=None, description="`topic[partition]@offset` of the first failure, once re-driven"
+    )
+    value_size: int | None = Field(description="bytes of the original value; null when it was never read")
+    omitted: list[Literal["value", "headers"]] = Field(
+        default_factory=list, description="what of the original record the dead letter does not hold"
+    )
     dead_lettered_ts: datetime
 
 

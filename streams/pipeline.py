@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from streams import metrics
-from streams.deadletter import envelope
+from streams.deadletter import dead_letter, max_dead_letter_bytes
 from streams.enrich import StepContext, WithPending, received_at
 from streams.errors import EnrichmentError, InternalError
 from streams.events import ClickEvent, InputEvent, dumps, parse_event, utcnow
@@ -67,14 +67,12 @@ class Pipeline:
         publisher: Publisher,
         retry: Retry,
         *,
-        dlq_max_payload_bytes: int = 256_000,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.routes = routes
         self.context = context
         self.publisher = publisher
         self.retry = retry
-        self.dlq_max_payload_bytes = dlq_max_payload_bytes
         self.clock = clock
 
     async def handle(self, record: SourceRecord) -> Outcome:
@@ -143,11 +141,18 @@ class Pipeline:
             metrics.STAGE_LATENCY.labels(topic, "state_writes").observe(time.perf_counter() - since)
 
     async def _dead_letter(self, record: SourceRecord, error: EnrichmentError) -> None:
-        letter = envelope(record, error, max_payload=self.dlq_max_payload_bytes, now=self.clock())
+        # The record whole (value, key, headers: a re-drive reproduces it), the error in headers.
+        limit = max_dead_letter_bytes(self.context.limits.max_message_bytes)
+        letter = dead_letter(record, error, max_bytes=limit, now=self.clock())
         log.warning(
-            "%s dead-lettered: %s: %s (event_id=%s)", record.coords, error.reason, error, letter.event_id
+            "%s dead-lettered: %s: %s (event_id=%s%s)",
+            record.coords,
+            error.reason,
+            error,
+            letter.info.event_id,
+            f"; over {limit} bytes, left out: {'+'.join(letter.info.omitted)}" if letter.info.omitted else "",
         )
         bound = self.routes.get(record.topic)
         dlq = bound.dlq if bound is not None else TopicNames.dlq(record.topic)
-        await self.publisher.publish(dlq, record.key, dumps(letter))
+        await self.publisher.publish(dlq, letter.key, letter.value, headers=letter.headers)
         metrics.DEAD_LETTERS.labels(record.topic, error.reason).inc()

@@ -13,15 +13,22 @@ from typing import Protocol
 from streams.contract import ModelInfo, ModelInput, ModelOutput
 from streams.events import ClickEvent, ModelRef, ScoredItem
 from streams.recommend.dedup import Origin
+from streams.records import Header
 
 
 class Publisher(Protocol):
     async def publish(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: Sequence[Header] = (),
     ) -> None:
         """Return once the broker has acknowledged the record; retry transient failures meanwhile.
 
-        `partition`: an explicit partition (the recommender's internal topic); else the key decides."""
+        `partition`: an explicit partition (the recommender's internal topic); else the key decides.
+        `headers`: the record's headers, in order (a dead letter's)."""
         ...
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -11,6 +12,7 @@ import faust
 from streams import metrics
 from streams.errors import PublishFailed
 from streams.lifecycle import Retry
+from streams.records import Header
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,18 @@ class FaustPublisher:
         return self._topics[name]
 
     async def publish(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: Sequence[Header] = (),
     ) -> None:
         async def send() -> None:
             try:
-                pending = await self._topic(topic).send(key=key, value=value, partition=partition)
+                pending = await self._topic(topic).send(
+                    key=key, value=value, partition=partition, headers=list(headers) or None
+                )
                 await asyncio.wait_for(asyncio.shield(pending), self.timeout)
             except asyncio.CancelledError:
                 raise

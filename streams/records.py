@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A Kafka record header: a name and a value that may be null. Names may repeat; order is kept.
+Header = tuple[str, bytes | None]
+
 
 @dataclass(frozen=True)
 class SourceRecord:
@@ -13,6 +16,7 @@ class SourceRecord:
     key: bytes | None
     value: bytes
     timestamp: float | None = None  # the broker's record time, Unix seconds
+    headers: tuple[Header, ...] = ()  # the record's headers, as they came
 
     @property
     def coords(self) -> str:

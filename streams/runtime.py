@@ -168,7 +168,6 @@ def build_runtime(
         context,
         publisher,
         retry,
-        dlq_max_payload_bytes=settings.dlq_max_payload_bytes,
         clock=clock,
     )
     return Runtime(

@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=16_000_000, ge=1, description="width x height, from the header")
     max_review_images: int = Field(default=8, ge=0, description="photos per review")
     dlq_max_payload_bytes: int = Field(
-        default=256_000, ge=0, description="original payload kept in an envelope"
+        default=256_000,
+        ge=0,
+        description="ignored: a dead letter keeps its input whole (docs/events.md, Dead letters)",
     )
 
     # --- Outputs ------------------------------------------------------------------------------------

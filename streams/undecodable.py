@@ -43,7 +43,8 @@ import aiokafka
 from faust.types import TP
 
 from streams import metrics
-from streams.events import DeadLetter, ErrorInfo, SourceInfo, dumps
+from streams.deadletter import assemble
+from streams.events import DeadLetter, ErrorInfo, SourceInfo
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options
 
@@ -236,7 +237,7 @@ def stopped_partitions(app: Any) -> StoppedPartitions:
 
 def dead_letter(found: Undecodable, now: datetime | None = None) -> DeadLetter:
     """The one dead letter of a skipped batch: its coordinates and range; the records themselves could
-    not be read, so there is no payload."""
+    not be read, so it carries no value and no original headers (`omitted`)."""
     end = found.batch_end if found.batch_end is not None else found.offset + 1
     message = f"offsets {found.offset}..{end - 1} skipped (ECOM_SKIP_UNDECODABLE): {found.describe()}"
     return DeadLetter(
@@ -246,14 +247,10 @@ def dead_letter(found: Undecodable, now: datetime | None = None) -> DeadLetter:
             topic=found.topic,
             partition=found.partition,
             offset=found.offset,
-            key=None,
-            key_encoding=None,
             timestamp=None,
         ),
-        payload="",
-        payload_encoding="utf-8",
-        payload_size=0,
-        payload_truncated=False,
+        value_size=None,
+        omitted=["value", "headers"],
         dead_lettered_ts=now or datetime.now(UTC),
     )
 
@@ -414,7 +411,10 @@ async def write_dead_letters(stopped: StoppedPartitions) -> None:
         producer = AIOKafkaProducer(**stopped.producer_options, acks="all")
         try:
             await producer.start()
-            await producer.send_and_wait(TopicNames.dlq(found.topic), dumps(dead_letter(found)))
+            letter = assemble(dead_letter(found))
+            await producer.send_and_wait(
+                TopicNames.dlq(found.topic), letter.value, key=letter.key, headers=list(letter.headers)
+            )
         except Exception as exc:  # noqa: BLE001  (the broker is away: hold the partition, try again)
             log.warning(
                 "dead letter of the skipped batch at %s not written (%r); will retry", found.coords, exc

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from streams.deadletter import NotADeadLetter, read_dead_letter
 from streams.settings import Settings
 from streams.topics import TopicNames, client_options
 from tooling.sample import SampleEvent, build_sample, physical_topic
@@ -196,6 +197,22 @@ async def assign_from_beginning(consumer: Any, topics: Sequence[str]) -> None:
     await consumer.seek_to_beginning(*tps)
 
 
+def record_value(message: Any) -> dict[str, Any]:
+    """An output's JSON value; for a dead letter (the input record, whole, with the error in its
+    headers), what its headers say (`streams.events.DeadLetter`, as JSON)."""
+    if message.topic.endswith(".dlq"):
+        try:
+            letter = read_dead_letter(message.key, message.value, message.headers or (), message.timestamp)
+        except NotADeadLetter:
+            return {"_undecodable": True}
+        return letter.info.model_dump(mode="json")
+    try:
+        value = orjson.loads(message.value)
+    except orjson.JSONDecodeError:
+        return {"_undecodable": True}
+    return value if isinstance(value, dict) else {"_undecodable": True}
+
+
 class Collector:
     """Reads every output and dead-letter topic from the beginning (no consumer group)."""
 
@@ -229,11 +246,7 @@ class Collector:
         out: list[Received] = []
         for tp, messages in batches.items():
             for m in messages:
-                try:
-                    value = orjson.loads(m.value)
-                except orjson.JSONDecodeError:
-                    value = {"_undecodable": True}
-                out.append(Received(tp.topic, tp.partition, m.offset, m.key, value, m.timestamp))
+                out.append(Received(tp.topic, tp.partition, m.offset, m.key, record_value(m), m.timestamp))
         return out
 
     async def collect(

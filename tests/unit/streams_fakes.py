@@ -1,6 +1,7 @@
 """Test doubles for the service's two external edges: the model server and the broker's producer.
 
-Everything between them (batching, retries, bisection, validation, envelopes, agents) is the real code.
+Everything between them (batching, retries, bisection, validation, dead letters, agents) is the real
+code.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 import orjson
 
 from streams.contract import ModelInfo, ModelInput, ModelOutput
+from streams.deadletter import read_dead_letter
 from streams.errors import InferenceUnavailable, ModelRejected
+from streams.records import Header
 
 LABELS = ("tshirt_top", "dress", "sneaker")
 INFO = ModelInfo("ecom_fusion", "test-1", LABELS, 4, ("negative", "neutral", "positive"))
@@ -59,15 +62,27 @@ class RecordingPublisher:
     """Collects what would have been delivered; fails the first `failures` sends like a broker outage."""
 
     def __init__(self, failures: int = 0) -> None:
+        # (topic, key, value as JSON); a dead letter's value is what its headers say, as JSON.
         self.sent: list[tuple[str, bytes | None, dict[str, object]]] = []
+        self.records: list[tuple[str, bytes | None, bytes, tuple[Header, ...]]] = []  # as sent
         self.failures = failures
         self._changed = asyncio.Condition()
 
     async def publish(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: Sequence[Header] = (),
     ) -> None:
         async with self._changed:
-            self.sent.append((topic, key, orjson.loads(value)))
+            self.records.append((topic, key, value, tuple(headers)))
+            if topic.endswith(".dlq"):
+                decoded = read_dead_letter(key, value, headers).info.model_dump(mode="json")
+            else:
+                decoded = orjson.loads(value)
+            self.sent.append((topic, key, decoded))
             self._changed.notify_all()
 
     def on(self, topic: str) -> list[dict[str, object]]:

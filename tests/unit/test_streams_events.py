@@ -1,24 +1,20 @@
-"""Event schemas: validation on entry, the dead-letter envelope, best-effort event ids."""
+"""Event schemas: validation on entry, best-effort event ids (dead letters: test_dead_letters.py)."""
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 
-from streams.deadletter import envelope
 from streams.errors import MalformedJson, OversizeMessage, SchemaViolation
 from streams.events import (
     ClickEvent,
-    DeadLetter,
     ProductUploadEvent,
     ReviewEvent,
     event_id_of,
     parse_event,
 )
-from streams.records import SourceRecord
 
 REVIEW = {
     "event_id": "e-1",
@@ -96,39 +92,3 @@ def test_product_fields_are_optional_but_typed() -> None:
 )
 def test_event_id_is_found_where_it_can_be(payload: bytes, expected: str | None) -> None:
     assert event_id_of(payload) == expected
-
-
-def record(value: bytes, key: bytes | None = b"k") -> SourceRecord:
-    return SourceRecord("reviews", 2, 41, key, value, timestamp=1_714_550_400.0)
-
-
-NOW = datetime(2024, 5, 1, tzinfo=UTC)
-
-
-def test_envelope_keeps_text_payloads_as_text() -> None:
-    letter = envelope(
-        record(b'{"event_id": "e-9", "x": '), MalformedJson("not JSON"), max_payload=1000, now=NOW
-    )
-    assert letter.event_id == "e-9"
-    assert letter.error.type == "MalformedJson" and letter.error.retriable is False
-    assert (letter.source.topic, letter.source.partition, letter.source.offset) == ("reviews", 2, 41)
-    assert letter.source.key == "k" and letter.source.key_encoding == "utf-8"
-    assert letter.payload == '{"event_id": "e-9", "x": ' and letter.payload_encoding == "utf-8"
-    assert not letter.payload_truncated
-    # It round-trips through JSON as the documented schema.
-    assert DeadLetter.model_validate_json(letter.model_dump_json()) == letter
-
-
-def test_envelope_base64_encodes_binary_payloads_and_keys() -> None:
-    payload = b"\xff\x00\x81binary"
-    letter = envelope(record(payload, key=b"\xfe"), MalformedJson("x"), max_payload=1000, now=NOW)
-    assert letter.payload_encoding == "base64" and base64.b64decode(letter.payload) == payload
-    assert letter.source.key_encoding == "base64" and base64.b64decode(letter.source.key or "") == b"\xfe"
-
-
-def test_envelope_cuts_an_oversize_payload_but_keeps_its_event_id() -> None:
-    payload = raw({"event_id": "big", "text": "x" * 5000})
-    letter = envelope(record(payload), OversizeMessage("too big"), max_payload=100, now=NOW)
-    assert letter.payload_truncated and len(letter.payload) == 100
-    assert letter.payload_size == len(payload)
-    assert letter.event_id == "big"

@@ -168,3 +168,23 @@ async def test_a_stopping_worker_leaves_waiting_events_unfinished_not_dead_lette
         await asyncio.wait_for(waiting, 5)
     assert publisher.sent == []
     await runtime.close()
+
+
+async def test_a_dead_letter_carries_the_input_record_whole_and_its_attempts() -> None:
+    """What the producer is handed: the value and key as consumed, the input's headers (the re-drive
+    counter among them), then the error context."""
+    pipeline, pub = make_pipeline(max_message_bytes=100_000, max_text_bytes=10)
+    value = orjson.dumps({**REVIEW, "text": "far more than ten bytes"})
+    own = (
+        ("traceparent", b"00-abc"),
+        ("ecom.redrive.attempts", b"2"),
+        ("ecom.redrive.origin", b"reviews[1]@7"),
+    )
+    record = SourceRecord("reviews", 3, 99, b"p-1", value, 1.7e9, headers=own)
+    assert await pipeline.handle(record) == "dead_lettered"
+    [(topic, key, sent, headers)] = pub.records
+    assert (topic, key, sent) == ("reviews.dlq", b"p-1", value)
+    assert headers[:3] == own
+    [letter] = pub.on("reviews.dlq")
+    assert letter["error"]["type"] == "OversizeText" and letter["attempts"] == 2
+    assert letter["origin"] == "reviews[1]@7" and letter["source"]["offset"] == 99
