@@ -1,5 +1,5 @@
-"""Helpers shared by the deployment-file tests: loading compose files as Compose does, reading the
-contracts of docs/architecture.md, and pulling metric and label names out of PromQL.
+"""Helpers shared by the deployment-file tests: loading compose files as Compose does, the service's
+contracts as its code declares them, and pulling metric and label names out of PromQL.
 
 Kept in plain functions so each test reads as the check it makes.
 """
@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from streams.settings import ENV_PREFIX, Settings
+from streams.topology import ROUTES
+from tooling import contracts as generated
 from tooling.embedded import TritonServer
 
 # Shared with the live scrape test (tests/integration/test_prometheus_scrape.py); re-exported here.
@@ -30,7 +33,6 @@ from tooling.embedded.prometheus import grafana_to_promql as grafana_to_promql
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_TESTS = Path(__file__).resolve().parent
 SCHEMAS = DEPLOY_TESTS / "schemas"
-ARCHITECTURE = REPO_ROOT / "docs" / "architecture.md"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_CPU_FILE = REPO_ROOT / "docker-compose.cpu.yml"
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
@@ -263,7 +265,7 @@ def stages(dockerfile: Path) -> list[str]:
     return bases
 
 
-# --- Contracts (docs/architecture.md) ------------------------------------------------------------
+# --- Contracts (as the code declares them) --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -283,28 +285,18 @@ class Contracts:
 
 
 def read_contracts() -> Contracts:
-    text = ARCHITECTURE.read_text()
+    """The contracts from the code they are generated from (tooling.contracts: the routes, the settings
+    class, the collectors of streams.metrics), never from prose; docs/architecture.md's tables are
+    rendered from the same sources and checked by tests/unit/test_contracts.py."""
     contracts = Contracts()
-    metrics = text[text.index("## Metrics") :]
-    for line in metrics.splitlines():
-        m = re.match(r"\|\s*`(ecom_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|(.*)\|\s*$", line)
-        if m:
-            # "`topic`, `outcome` (`enriched`, ...)": label names, not their values in parentheses.
-            cell = re.sub(r"\([^)]*\)", "", m.group(3)).split(":")[0]
-            labels = frozenset(re.findall(r"`([a-z_]+)`", cell))
-            contracts.worker_metrics[m.group(1)] = MetricContract(m.group(1), m.group(2), labels)
-    triton_para = metrics[metrics.index("Triton (") :]
-    contracts.triton_metrics = set(re.findall(r"`(nv_[a-z0-9_]+)`", triton_para))
-    topics = text[text.index("## Topics") : text.index("## Triton model")]
-    for line in topics.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].startswith("`"):
-            names = re.findall(r"`([a-z.-]+)`", cells[0])
-            contracts.all_topics.extend(names)
-            if cells[3].startswith("input"):
-                contracts.input_topics.extend(names)
-    settings = text[text.index("## Settings") : text.index("## Metrics")]
-    contracts.settings = set(re.findall(r"`(ECOM_[A-Z_]+)`", settings))
+    for metric in generated.worker_metrics():
+        contracts.worker_metrics[metric.name] = MetricContract(
+            metric.name, metric.type, frozenset(metric.labels)
+        )
+    contracts.triton_metrics = {name for name, _ in generated.TRITON_METRICS}
+    contracts.input_topics = [route.input for route in ROUTES]
+    contracts.all_topics = [topic.name for topic in generated.topics()]
+    contracts.settings = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
     return contracts
 
 

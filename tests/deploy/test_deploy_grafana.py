@@ -190,7 +190,8 @@ def test_process_metrics_the_queries_use_are_in_the_workers_registry() -> None:
 
 
 def test_the_registry_matches_the_contract() -> None:
-    """streams.metrics and docs/architecture.md agree on names, types and labels."""
+    """The registry the worker exports holds every collector of streams.metrics (the contract, which
+    docs/architecture.md's table is rendered from) with its type and labels."""
     families = worker_registry()
     contract = read_contracts().worker_metrics
     registered = {}

@@ -2,7 +2,8 @@
 
 The server is the real tritonserver of the embedded default with a trivial model; the metric family
 names and labels do not depend on the model. GPU metrics (nv_gpu_*) exist only on a GPU: here they are
-checked against docs/architecture.md's list, and against a live scrape only where a GPU is present.
+checked against the contract's list (tooling.contracts.TRITON_METRICS, also rendered in
+docs/architecture.md), and against a live scrape only where a GPU is present.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def test_triton_exports_every_nv_metric_the_queries_use(echo_triton: TritonServe
 
 
 def test_documented_triton_metrics_exist(echo_triton: TritonServer) -> None:
-    """docs/architecture.md's Triton list is what this Triton version really exports (GPU ones aside)."""
+    """The contract's Triton list is what this Triton version really exports (GPU ones aside)."""
     live = scrape(echo_triton)
     documented = {n for n in read_contracts().triton_metrics if not n.startswith("nv_gpu_")}
     assert documented <= set(live), f"documented but not exported: {sorted(documented - set(live))}"

@@ -14,6 +14,8 @@ import pytest
 
 from streams.settings import Settings
 from streams.topics import create_topics
+from streams.topology import route_for
+from tooling.contracts import schema_errors
 from tooling.embedded.worker import WorkerProcess, http_get
 from tooling.promtext import metric_sum
 from tooling.replay import replay_and_collect
@@ -63,6 +65,11 @@ def test_every_event_is_answered_once_with_the_right_enrichment(
         else:
             assert record.is_dead_letter
             assert value["source"]["topic"] == f"{settings.topic_prefix}{event.topic}"
+
+    # Every record matches the committed JSON Schema of its kind (contracts/, tooling.contracts).
+    for event, record in accounting.records():
+        name = "DeadLetter" if record.is_dead_letter else route_for(event.topic).output_event.__name__
+        assert schema_errors(name, record.value) == [], (name, record.value)
 
     # The worker's own counters agree with what came out.
     text = worker.metrics()
