@@ -5,6 +5,11 @@ or a model that is (re)loading is retriable; so is a Python backend whose stub p
 stays up and answers every request with INTERNAL). An error the model raises for one request names the
 request's own fault by its `fusion.errors` class and is not retriable. Any other INTERNAL/UNKNOWN error
 is ambiguous: whether it is the request's fault or the server's is decided by `streams.inference`.
+
+Versions: a request names a version (`version=`, else the client's default, else Triton's latest), and
+every output carries the version that answered, read from the response. What a version declares (name,
+labels, embedding size) is read from the model's config the first time that version answers, so a
+version loaded while the worker runs is described correctly without a restart.
 """
 
 from __future__ import annotations
@@ -77,15 +82,22 @@ CHANNEL_ARGS = [
 
 
 class TritonModel:
-    """The `ecom_fusion` model behind Triton's asyncio gRPC client."""
+    """The `ecom_fusion` model behind Triton's asyncio gRPC client.
 
-    def __init__(self, url: str, model: str, *, timeout: float, ssl: bool = False) -> None:
+    `version`: the version a request names when the caller names none (`ECOM_MODEL_VERSION`); empty:
+    Triton's latest loaded version. Readiness and the health probe's known-good rows use it too."""
+
+    def __init__(self, url: str, model: str, *, timeout: float, ssl: bool = False, version: str = "") -> None:
         self.url = url
         self.model = model
         self.timeout = timeout
         self.ssl = ssl
+        self.version = version
         self._client: Any = None
-        self._info: ModelInfo | None = None
+        self._config: dict[str, Any] | None = None
+        self._latest = ""  # the highest version Triton had ready at the last refresh
+        self._infos: dict[str, ModelInfo] = {}
+        self._refreshing: asyncio.Lock | None = None
 
     def _grpc(self) -> Any:
         # Created lazily: the gRPC aio channel binds to the running event loop.
@@ -107,30 +119,68 @@ class TritonModel:
         except (OSError, ConnectionError) as exc:
             raise InferenceUnavailable(f"{what}: {exc}") from None
 
-    async def ready(self) -> bool:
+    async def ready(self, version: str = "") -> bool:
+        """Triton and this version (default: the client's, else any version) are ready. Without a
+        version, any ready version will do: while a newer one loads, Triton's "latest" is not ready yet
+        but the versions already loaded go on answering."""
         client = self._grpc()
+        wanted = version or self.version
         try:
             live = await self._call("is_server_ready", lambda: client.is_server_ready(client_timeout=2))
-            return bool(live) and bool(
+            if not live:
+                return False
+            if not wanted:
+                metadata = await self._call(
+                    "get_model_metadata",
+                    lambda: client.get_model_metadata(self.model, as_json=True, client_timeout=2),
+                )
+                return bool(metadata.get("versions"))
+            return bool(
                 await self._call(
-                    "is_model_ready", lambda: client.is_model_ready(self.model, client_timeout=2)
+                    "is_model_ready",
+                    lambda: client.is_model_ready(self.model, wanted, client_timeout=2),
                 )
             )
         except EnrichmentError:
             return False
 
-    async def info(self, refresh: bool = False) -> ModelInfo:
-        if self._info is not None and not refresh:
-            return self._info
+    async def info(self, version: str = "", refresh: bool = False) -> ModelInfo:
+        """What `version` declares (default: the client's version, else Triton's latest). A version not
+        seen since the last refresh refreshes the config first: it may have been loaded since."""
+        wanted = version or self.version
+        cached = self._infos.get(wanted)
+        if cached is not None and not refresh:
+            return cached
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        async with self._refreshing:
+            cached = self._infos.get(wanted)
+            if cached is None or refresh:
+                await self._refresh()
+                key = wanted or self._latest
+                cached = parse_model_config(self.model, self._config or {}, key)
+                self._infos[wanted] = cached
+            return cached
+
+    async def _refresh(self) -> None:
         client = self._grpc()
         config = await self._call(
             "get_model_config",
             lambda: client.get_model_config(self.model, as_json=True, client_timeout=self.timeout),
         )
-        self._info = parse_model_config(self.model, config)
-        return self._info
+        latest = ""
+        if not self.version:
+            metadata = await self._call(
+                "get_model_metadata",
+                lambda: client.get_model_metadata(self.model, as_json=True, client_timeout=self.timeout),
+            )
+            ready = [int(v) for v in metadata.get("versions", []) if str(v).isdigit()]
+            latest = str(max(ready)) if ready else ""
+        self._config, self._latest, self._infos = config, latest, {}
 
-    async def infer(self, rows: Sequence[ModelInput]) -> list[ModelOutput]:
+    async def infer(self, rows: Sequence[ModelInput], version: str = "") -> list[ModelOutput]:
+        """One request for these rows to `version` (default: the client's, else Triton's latest); each
+        output carries the version that answered."""
         import tritonclient.grpc.aio as grpcclient
 
         client = self._grpc()
@@ -144,15 +194,19 @@ class TritonModel:
         inputs[0].set_data_from_numpy(text)
         inputs[1].set_data_from_numpy(image)
         outputs = [grpcclient.InferRequestedOutput(name) for name in ("SENTIMENT", "CATEGORY", "EMBEDDING")]
+        wanted = version or self.version
         result = await self._call(
             "infer",
-            lambda: client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout),
+            lambda: client.infer(
+                self.model, inputs, model_version=wanted, outputs=outputs, client_timeout=self.timeout
+            ),
         )
         return split_outputs(
             n,
             result.as_numpy("SENTIMENT"),
             result.as_numpy("CATEGORY"),
             result.as_numpy("EMBEDDING"),
+            version=str(result.get_response().model_version or wanted),
         )
 
     async def close(self) -> None:
