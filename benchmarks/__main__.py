@@ -1,4 +1,4 @@
-"""`python -m benchmarks prepare|run` (docs/benchmarks.md)."""
+"""`python -m benchmarks prepare|run|ann` (docs/benchmarks.md; `ann`: docs/recommendations.md)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--reviews", type=int, default=2000, help="held-out reviews")
     prep.add_argument("--products", type=int, default=2000, help="Fashion-MNIST test listings")
     prep.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser(
+        "ann",
+        add_help=False,
+        help="nearest-neighbour indexes for content similarity (`python -m benchmarks ann --help`)",
+    )
 
     run = sub.add_parser("run", help="measure model, Triton, stream and naive stream in one run")
     run.add_argument("--inputs", type=Path, help="folder from `prepare` (default: prepare into OUT/inputs)")
@@ -86,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ann"]:  # its own options (benchmarks.ann)
+        from benchmarks.ann import main as ann_main
+
+        return ann_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

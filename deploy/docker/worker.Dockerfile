@@ -16,13 +16,19 @@ WORKDIR /src
 # tests ran with; deploy/docker/lock.py), every file checked against its hash. The worker never runs the
 # model, so no torch, transformers, pandas, scikit-learn or matplotlib (tests/unit/test_dependencies.py).
 COPY deploy/docker/requirements.lock deploy/docker/requirements.lock
+# hnswlib (the content index, docs/recommendations.md) ships only a source distribution: a compiler to
+# build it here, and portable code (its build would otherwise target this machine's CPU: -march=native).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
+ENV HNSWLIB_NO_NATIVE=1
 RUN pip install --require-hashes -r deploy/docker/requirements.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY streams streams
 COPY fusion fusion
 # --no-deps: everything is installed above; --no-build-isolation: setuptools is in the lock.
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "import streams.app, streams.worker, fusion.preprocess, faust, tritonclient.grpc, rocksdict" \
+ && python -c "import streams.app, streams.worker, fusion.preprocess, faust, tritonclient.grpc, rocksdict, hnswlib" \
  && python -c "import importlib.util as u; bad = [m for m in ('torch', 'transformers', 'pandas', 'sklearn', 'matplotlib') if u.find_spec(m)]; assert not bad, bad"
 
 FROM ${PYTHON_IMAGE} AS runtime
