@@ -16,6 +16,11 @@ Whose fault a failure is decides between the two:
   rows' (bisect; a row that fails alone is tried `ECOM_RETRY_MAX_AMBIGUOUS` times, then dead-lettered);
   if it fails too, the failure is the server's (`ModelServerFault`): the batch is retried with backoff
   like unavailability, and no row is dead-lettered for it, however long it lasts.
+
+Versions (`streams.rollout`): a row names the version it goes to ("" is the primary); rows of different
+versions never share a request (one micro-batcher per kind and version). A canary version that Triton
+stops serving hands its waiting batches to the primary (`Rollout.effective`). Every batch the primary
+answered is offered to the shadow version, if one is set, without waiting for it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from streams.contract import ModelInfo, ModelInput, ModelOutput
 from streams.errors import EnrichmentError, ModelRejected, ModelServerFault
 from streams.lifecycle import Retry
 from streams.protocols import ModelClient
+from streams.rollout import Rollout, ShadowRunner, version_label
 
 log = logging.getLogger(__name__)
 
@@ -64,58 +70,92 @@ class InferenceService:
         linger: float,
         max_in_flight: int,
         retry: Retry,
+        rollout: Rollout | None = None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.model = model
         self.retry = retry
-        self._batchers: dict[str, MicroBatcher[ModelInput, ModelOutput]] = {
-            kind: MicroBatcher(
-                self._handler(kind), max_size=max_batch, linger=linger, max_in_flight=max_in_flight, name=kind
+        self.rollout = rollout or Rollout()
+        self.shadow = shadow
+        self.kinds = tuple(kinds)
+        self._max_batch, self._linger, self._max_in_flight = max_batch, linger, max_in_flight
+        self._batchers: dict[tuple[str, str], MicroBatcher[ModelInput, ModelOutput]] = {}
+        for kind in self.kinds:
+            self._batcher(kind, "")
+
+    def _batcher(self, kind: str, version: str) -> MicroBatcher[ModelInput, ModelOutput]:
+        batcher = self._batchers.get((kind, version))
+        if batcher is None:
+            if kind not in self.kinds:
+                raise KeyError(kind)
+            name = f"{kind}@{version}" if version else kind
+            batcher = MicroBatcher(
+                self._handler(kind, version),
+                max_size=self._max_batch,
+                linger=self._linger,
+                max_in_flight=self._max_in_flight,
+                name=name,
             )
-            for kind in kinds
-        }
+            self._batchers[(kind, version)] = batcher
+        return batcher
 
-    async def info(self) -> ModelInfo:
-        """The served model's name, version and labels; waits (with backoff) while Triton is away."""
-        return await self.retry.call(self.model.info, what="model info")
+    async def info(self, version: str = "") -> ModelInfo:
+        """What a version declares (default: the primary): name, labels; waits while Triton is away."""
+        if not version:
+            return await self.retry.call(self.model.info, what="model info")
+        what = f"model info of version {version}"
+        return await self.retry.call(lambda: self.model.info(version), what=what)
 
-    async def infer(self, kind: str, row: ModelInput) -> ModelOutput:
-        """This row's output; raises the row's own non-retriable error (e.g. `ModelRejected`)."""
-        return await self._batchers[kind].submit(row)
+    async def infer(self, kind: str, row: ModelInput, version: str = "") -> ModelOutput:
+        """This row's output from `version` ("": the primary); raises the row's own non-retriable error
+        (e.g. `ModelRejected`). The output carries the version that answered."""
+        return await self._batcher(kind, version).submit(row)
 
-    async def answers_known_good(self, kind: str) -> bool:
+    async def answers_known_good(self, kind: str, version: str = "") -> bool:
         """Whether the model answers a known-good row of this kind now (one request, no retry)."""
         try:
-            await self.model.infer([known_good_row(kind)])
+            await self._send([known_good_row(kind)], version)
         except EnrichmentError as exc:
             log.warning("the model fails a known-good %s row too (%s: %s)", kind, exc.reason, exc)
             return False
         return True
 
-    def _handler(self, kind: str) -> Callable[[Sequence[ModelInput]], Any]:
+    async def _send(self, rows: list[ModelInput], version: str) -> list[ModelOutput]:
+        return await (self.model.infer(rows, version=version) if version else self.model.infer(rows))
+
+    def _handler(self, kind: str, version: str) -> Callable[[Sequence[ModelInput]], Any]:
         async def handle(rows: Sequence[ModelInput]) -> list[ModelOutput | BaseException]:
-            return await self._infer_rows(kind, list(rows))
+            return await self._infer_rows(kind, list(rows), version)
 
         return handle
 
-    async def _infer_rows(self, kind: str, rows: list[ModelInput]) -> list[ModelOutput | BaseException]:
+    async def _infer_rows(
+        self, kind: str, rows: list[ModelInput], version: str = ""
+    ) -> list[ModelOutput | BaseException]:
         try:
-            return list(await self._call_with_retry(kind, rows))
+            return list(await self._call_with_retry(kind, rows, version))
         except ModelRejected as exc:
             if len(rows) == 1:
                 return [exc]
             # One row's error fails its whole request: split until the culprits stand alone.
             mid = len(rows) // 2
             log.info("%s batch of %d rejected (%s); bisecting", kind, len(rows), exc)
-            return [*await self._infer_rows(kind, rows[:mid]), *await self._infer_rows(kind, rows[mid:])]
+            return [
+                *await self._infer_rows(kind, rows[:mid], version),
+                *await self._infer_rows(kind, rows[mid:], version),
+            ]
 
-    async def _call_with_retry(self, kind: str, rows: list[ModelInput]) -> list[ModelOutput]:
+    async def _call_with_retry(
+        self, kind: str, rows: list[ModelInput], version: str = ""
+    ) -> list[ModelOutput]:
         ambiguous = 0
 
         async def attempt() -> list[ModelOutput]:
+            wanted = self.rollout.effective(version)  # a canary gone meanwhile: the primary answers
             try:
-                return await self._request(kind, rows)
+                return await self._request(kind, rows, wanted)
             except ModelRejected as exc:
-                if exc.ambiguous and not await self.answers_known_good(kind):
+                if exc.ambiguous and not await self.answers_known_good(kind, wanted):
                     raise ModelServerFault(
                         f"{exc} (a known-good {kind} row fails as well: the server's fault, not the rows')"
                     ) from None
@@ -136,18 +176,25 @@ class InferenceService:
             attempt, what=f"{kind} inference of {len(rows)} rows", should_retry=should_retry
         )
 
-    async def _request(self, kind: str, rows: list[ModelInput]) -> list[ModelOutput]:
+    async def _request(self, kind: str, rows: list[ModelInput], version: str = "") -> list[ModelOutput]:
         metrics.INFERENCE_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
-            outputs = await self.model.infer(rows)
+            outputs = await self._send(rows, version)
         finally:
             metrics.INFERENCE_IN_FLIGHT.dec()
             metrics.INFERENCE_LATENCY.labels(kind).observe(time.perf_counter() - started)
         metrics.INFERENCE_BATCH_SIZE.labels(kind).observe(len(rows))
         metrics.INFERENCE_REQUESTS.labels(kind, "ok").inc()
+        if outputs:
+            role = "canary" if version else "primary"
+            metrics.MODEL_ROWS.labels(kind, version_label(outputs[0]), role).inc(len(outputs))
+            if self.shadow is not None and not version:
+                self.shadow.offer(kind, rows, outputs)  # never awaited: the shadow's own side path
         return outputs
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
+        for batcher in list(self._batchers.values()):
             await batcher.close()
+        if self.shadow is not None:
+            await self.shadow.close()

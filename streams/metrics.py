@@ -83,6 +83,65 @@ RECOMMENDATION_LATENCY = Histogram(
     "From a click's arrival on the clickstream (its record time) to the delivery of its recommendation",
     buckets=LATENCY_BUCKETS,
 )
+TABLE_RECOVERY_AHEAD = Counter(
+    "ecom_table_recovery_ahead",
+    "Table changelog partitions found ahead of the broker's reported end at a rebalance, by outcome: "
+    "under_reported (the changelog holds them), reread (in memory: read again from the end), "
+    "inconsistent (on disk: the worker stops)",
+    ["table", "outcome"],
+)
+
+
+# --- versions: who answered, shadow agreement, live quality (streams.rollout) ----------------------------
+ROLES = ("primary", "canary", "shadow")
+SHADOW_ASPECTS = ("sentiment", "category", "embedding")
+SHADOW_OUTCOMES = ("agree", "disagree", "incomparable")
+SHADOW_DROP_REASONS = ("queue_full", "timeout", "error")
+# Cosine similarity of two embeddings of one row: the same model gives 1.0 up to float noise.
+COSINE_BUCKETS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
+MODEL_ROWS = Counter(
+    "ecom_model_rows",
+    "Rows answered, by the Triton version that answered and its role (primary, canary, shadow)",
+    ["kind", "version", "role"],
+)
+SHADOW_AGREEMENT = Counter(
+    "ecom_shadow_agreement",
+    "Rows the shadow version answered, compared with the primary's answer: by aspect (sentiment label, "
+    "category top-1, embedding cosine over ECOM_SHADOW_EMBEDDING_AGREEMENT) and outcome",
+    ["kind", "aspect", "outcome"],
+)
+SHADOW_COSINE = Histogram(
+    "ecom_shadow_agreement_cosine",
+    "Cosine similarity of the shadow's embedding of a row to the primary's",
+    ["kind"],
+    buckets=COSINE_BUCKETS,
+)
+SHADOW_DROPPED = Counter(
+    "ecom_shadow_dropped",
+    "Rows not compared with the shadow, by reason (queue_full, timeout, error); the primary never waits",
+    ["kind", "reason"],
+)
+SHADOW_LATENCY = Histogram(
+    "ecom_shadow_latency_seconds", "Duration of one shadow request", ["kind"], buckets=INFERENCE_BUCKETS
+)
+SHADOW_AGREEMENT_FLOOR = Gauge(
+    "ecom_shadow_agreement_floor", "ECOM_SHADOW_AGREEMENT_FLOOR: the agreement the shadow alert expects"
+)
+LIVE_SENTIMENT = Counter(
+    "ecom_live_sentiment",
+    "Rated reviews by the version that answered, its predicted sentiment and the rating's own "
+    "(1-2 negative, 3 neutral, 4-5 positive)",
+    ["version", "predicted", "actual"],
+)
+LIVE_MACRO_F1 = Gauge(
+    "ecom_live_macro_f1",
+    "Macro-F1 of a version's sentiment against the ratings over its last ECOM_LIVE_F1_WINDOW rated "
+    "reviews in this worker (absent until it has that many)",
+    ["version"],
+)
+LIVE_F1_FLOOR = Gauge(
+    "ecom_live_macro_f1_floor", "ECOM_LIVE_F1_FLOOR: the live macro-F1 the primary version is held to"
+)
 
 
 def initialise(
@@ -108,3 +167,10 @@ def initialise(
         INFERENCE_LATENCY.labels(kind)
         for outcome in ("ok", "error", "retry"):
             INFERENCE_REQUESTS.labels(kind, outcome)
+        SHADOW_COSINE.labels(kind)
+        SHADOW_LATENCY.labels(kind)
+        for reason in SHADOW_DROP_REASONS:
+            SHADOW_DROPPED.labels(kind, reason)
+        for aspect in SHADOW_ASPECTS:
+            for shadow_outcome in SHADOW_OUTCOMES:
+                SHADOW_AGREEMENT.labels(kind, aspect, shadow_outcome)

@@ -31,6 +31,7 @@ from streams.protocols import ModelClient, Publisher
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.service import decode_message
 from streams.recommend.wiring import DictTables, RecommenderParts, build_recommender
+from streams.rollout import LiveQuality, Rollout, ShadowRunner
 from streams.settings import Settings
 from streams.topics import TopicNames, internal_topic
 from streams.topology import ITEM_UPDATES, MODEL_KINDS
@@ -61,6 +62,8 @@ class Runtime:
         """Begin the background work (on the app's start, before the first rebalance)."""
         app.add_future(self._probe_forever())
         app.add_future(self._warm_up())
+        if self.inference.rollout.canary_version:
+            app.add_future(self._watch_canary())
 
     async def _probe_forever(self) -> None:
         if self.health is None:
@@ -74,6 +77,19 @@ class Runtime:
         # The model's version and labels, fetched before the first event needs them.
         with contextlib.suppress(ShuttingDown):
             await self.inference.info()
+
+    async def _watch_canary(self) -> None:
+        # The canary's entities go to the primary while Triton does not serve the canary version.
+        rollout = self.inference.rollout
+        while not self.lifecycle.stopping:
+            ready = await self.model.ready(rollout.canary_version)
+            if ready != rollout.canary_ready:
+                (log.info if ready else log.warning)(
+                    "canary version %s %s", rollout.canary_version, "ready" if ready else "not ready: primary"
+                )
+            rollout.canary_ready = ready
+            with contextlib.suppress(ShuttingDown):
+                await self.lifecycle.sleep(self.settings.health_interval_s)
 
     def stopping(self) -> None:
         """The stop signal: before Faust waits for the streams to drain, waiting events give up."""
@@ -113,7 +129,22 @@ def build_runtime(
             settings.triton_model,
             timeout=settings.infer_timeout_s,
             ssl=settings.triton_ssl,
+            version=settings.model_version,
         )
+    quality = LiveQuality(window=settings.live_f1_window)
+    rollout = Rollout(settings.canary_version, settings.canary_fraction)
+    shadow = None
+    if settings.shadow_version:
+        shadow = ShadowRunner(
+            model,
+            settings.shadow_version,
+            quality=quality,
+            queue_batches=settings.shadow_queue_batches,
+            timeout_s=settings.shadow_timeout_s,
+            embedding_agreement=settings.shadow_embedding_agreement,
+        )
+    metrics.LIVE_F1_FLOOR.set(settings.live_f1_floor)
+    metrics.SHADOW_AGREEMENT_FLOOR.set(settings.shadow_agreement_floor)
     inference = InferenceService(
         model,
         kinds=MODEL_KINDS,
@@ -121,6 +152,8 @@ def build_runtime(
         linger=settings.batch_linger_ms / 1000,
         max_in_flight=settings.max_in_flight,
         retry=retry,
+        rollout=rollout,
+        shadow=shadow,
     )
     config = RecommenderConfig(k=settings.recommendations_k)
     health: Health | None = None
@@ -162,6 +195,9 @@ def build_runtime(
         top_k_categories=settings.top_k_categories,
         recommendations_k=settings.recommendations_k,
         clock=clock,
+        catalogue=recommend.sink.content,  # the recommender's index: one per worker, not a second one
+        rollout=rollout,
+        quality=quality,
     )
     pipeline = Pipeline(
         bind_routes(names),

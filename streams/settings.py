@@ -95,6 +95,47 @@ class Settings(BaseSettings):
         description="tries of a row an unexplained server error keeps failing, then dead-lettered",
     )
 
+    # --- Model versions (docs/rollout.md) -----------------------------------------------------------
+    # Versions are Triton's version numbers of ECOM_TRITON_MODEL; an empty one is off (the primary's:
+    # Triton's latest loaded version). A version named here that Triton does not serve yet is harmless:
+    # the shadow drops its batches, the canary's entities go to the primary.
+    model_version: str = Field(
+        default="", pattern=r"^[0-9]*$", description="the primary version; empty: Triton's latest loaded one"
+    )
+    shadow_version: str = Field(
+        default="",
+        pattern=r"^[0-9]*$",
+        description="a version every primary batch is also sent to, unpublished",
+    )
+    shadow_queue_batches: int = Field(
+        default=16, ge=1, description="batches waiting for the shadow; more are dropped and counted"
+    )
+    shadow_timeout_s: float = Field(default=10.0, gt=0, description="deadline of one shadow request")
+    shadow_embedding_agreement: float = Field(
+        default=0.99, ge=-1, le=1, description="cosine at which two embeddings of a row count as agreeing"
+    )
+    shadow_agreement_floor: float = Field(
+        default=0.9, ge=0, le=1, description="alert when the shadow agrees with the primary less often"
+    )
+    canary_version: str = Field(
+        default="",
+        pattern=r"^[0-9]*$",
+        description="a version that answers ECOM_CANARY_FRACTION of the products",
+    )
+    canary_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="share of products (by a stable hash of the id) for the canary"
+    )
+    live_f1_window: int = Field(
+        default=500, ge=10, description="rated reviews per version in the live macro-F1 of a worker"
+    )
+    live_f1_floor: float = Field(
+        default=0.55, ge=0, le=1, description="alert when the primary's live macro-F1 falls below this"
+    )
+    triton_admin_key: SecretStr | None = Field(
+        default=None,
+        description="key of Triton's model-repository API, for `python -m streams model`; workers need none",
+    )
+
     # --- Agents -----------------------------------------------------------------------------------
     agent_concurrency: int = Field(default=64, ge=1, description="events in progress per inference agent")
     click_concurrency: int = Field(
@@ -178,6 +219,12 @@ class Settings(BaseSettings):
                 f"ECOM_STATE_PAGES_ENABLED needs ECOM_STATE_PAGES_TOKEN of at least {MIN_TOKEN_CHARS} "
                 "characters"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_rollout(self) -> Settings:
+        if self.canary_fraction > 0 and not self.canary_version:
+            raise ValueError("ECOM_CANARY_FRACTION above 0 needs ECOM_CANARY_VERSION")
         return self
 
     def to_env(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ NOT_PASSED = {
     "ECOM_KAFKA_SSL_CAFILE": "compose's Kafka speaks PLAINTEXT on its own network",
     "ECOM_TRITON_SSL": "Triton speaks plain gRPC on the inference network",
     "ECOM_WEB_HOST": "Prometheus scrapes the workers from the network: all interfaces, the default",
+    "ECOM_TRITON_ADMIN_KEY": "the workers never call Triton's control APIs; only `python -m streams model`",
 }
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 
@@ -64,7 +65,7 @@ def test_a_variable_in_env_reaches_the_worker_and_an_unset_one_keeps_the_default
 
 
 def example_values() -> dict[str, str]:
-    return dict(re.findall(r"^#? ?(ECOM_[A-Z_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M))
+    return dict(re.findall(r"^#? ?(ECOM_[A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M))
 
 
 def test_env_example_lists_every_passed_setting_with_the_services_default(services: dict[str, Any]) -> None:
