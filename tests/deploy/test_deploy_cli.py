@@ -21,7 +21,8 @@ from deploytools import (
 
 from streams.__main__ import build_parser
 from streams.settings import Settings
-from streams.topics import INTERNAL_TOPICS, TABLES, topic_specs
+from streams.topics import topic_specs
+from streams.topology import INTERNAL_TOPICS, TABLES
 
 WORKER_DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "worker.Dockerfile"
 DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"

@@ -73,7 +73,8 @@ def grpc(server: TritonServer) -> Iterator[Any]:
 
 
 def intruder_files(marker: Path) -> tuple[str, dict[str, bytes]]:
-    """A model whose model.py, if Triton ever imported it, would write `marker`: the issue's attack."""
+    """A model whose model.py, if Triton ever imported it, would write `marker`: the attack of a client that
+    loads a model with files of its own (config and model.py) and so runs its code inside Triton."""
     config = {
         "name": INTRUDER,
         "backend": "python",
