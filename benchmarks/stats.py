@@ -1,15 +1,27 @@
-"""Small, pure helpers for the figures: latency summaries, windowed rates, process CPU time.
+"""Small, pure helpers for the figures: latency summaries, windowed rates, the load average.
 
-Percentiles are `tooling.stats.percentile`, the one formula of every reported figure."""
+Percentiles are `tooling.stats.percentile`, the one formula of every reported figure; CPU time and
+memory of processes come from `tooling.procstats` (the evaluators use it too)."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
+from tooling.procstats import cpu_seconds, descendants, process_name, tree_cpu_seconds
 from tooling.stats import percentile
+
+__all__ = [
+    "cpu_seconds",
+    "descendants",
+    "latency_summary",
+    "load_average",
+    "process_name",
+    "ratio",
+    "tree_cpu_seconds",
+    "windowed_rate",
+]
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
@@ -45,60 +57,6 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0 or math.isnan(numerator):
         return None
     return numerator / denominator
-
-
-# --- CPU time of processes we started (Linux /proc) ---------------------------------------------------
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces.
-    return text[text.rindex(")") + 2 :].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 when it is gone)."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return 0.0
-    # After the name: state(0) ppid(1) ... utime(11) stime(12).
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, grandchildren...), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def process_name(pid: int) -> str:
-    """The program's file name (comm would cut it at 15 characters)."""
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
-    except OSError:
-        return "?"
-    return Path(argv0).name or "?"
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (Triton and its Python-backend stubs)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
 
 
 def load_average() -> tuple[float, float, float]:

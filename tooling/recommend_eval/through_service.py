@@ -51,6 +51,7 @@ from streams.recommend.engine import Click
 from streams.settings import Settings
 from streams.topics import changelog_topic, client_options, create_topics, internal_topic
 from streams.topology import INTERNAL_TOPICS, TABLES
+from tooling.procstats import cpu_seconds, rss_bytes
 from tooling.recommend_eval.protocol import (
     CoOccurrence,
     MostPopular,
@@ -308,32 +309,9 @@ async def drain(settings: Settings, phase: Phase, worker_pid: int) -> float:
     cpu0 = cpu_seconds(worker_pid)
     waited = await wait_item_updates_applied(settings)
     cpu1 = cpu_seconds(worker_pid)
-    if phase.worker_cpu_s is not None and cpu0 is not None and cpu1 is not None:
+    if phase.worker_cpu_s is not None:
         phase.worker_cpu_s += cpu1 - cpu0
     return waited
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process we started so far (Linux /proc): the worker's cost per click
-    whatever else the machine runs."""
-    import os
-
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process we started (Linux /proc)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 @dataclass
