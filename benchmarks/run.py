@@ -257,7 +257,7 @@ def _with_servers(
 ) -> None:
     from benchmarks.stream import StreamRun, run_config
     from benchmarks.triton_load import measure_triton
-    from tooling.embedded import Broker, TritonServer
+    from tooling.embedded import embedded_stack
 
     missing = missing_for_triton_stub()
     if missing:
@@ -269,18 +269,16 @@ def _with_servers(
     run_id = uuid.uuid4().hex[:6]
     base = replace(StreamConfig.service_defaults(), name="micro-batched")
     stream_parts = set(options.parts) & {"stream", "naive", "sweep", "profile"}
-    with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(Broker(log_dir=logs)) if stream_parts else None
-        triton = TritonServer(
-            options.model_repository,
-            ["ecom_fusion"],
-            model_config_name=options.triton_config_name,
-            log_dir=logs,
-        )
-        stack.callback(triton.stop)
-        t0 = time.perf_counter()
-        triton.start(timeout=600)
-        results.data["environment"]["triton_start_s"] = round(time.perf_counter() - t0, 1)
+    with embedded_stack(
+        logs,
+        broker=bool(stream_parts),
+        model_repository=options.model_repository,
+        triton_config=options.triton_config_name,
+        triton_timeout=600,
+    ) as servers:
+        broker = servers.broker if stream_parts else None
+        triton = servers.triton
+        results.data["environment"]["triton_start_s"] = round(servers.started_s["triton"], 1)
 
         def triton_part(server: Any, loads: Sequence[LoadPoint], duration: float) -> dict[str, Any]:
             return measure_triton(
@@ -379,22 +377,22 @@ def _triton_variant(
     options: RunOptions, variant: TritonVariant, measure: Callable[..., dict[str, Any]], logs: Path
 ) -> dict[str, Any]:
     from benchmarks.tritonconfig import variant_repository
-    from tooling.embedded import TritonServer
+    from tooling.embedded import embedded_stack
 
     repo = variant_repository(options.model_repository, options.triton_config_name, variant)
-    server = TritonServer(repo, ["ecom_fusion"], log_dir=logs / f"triton-{variant.name}")
     record: dict[str, Any] = {
         "variant": variant.name,
         "settings": {k: v for k, v in vars(variant).items() if k != "name" and v is not None},
     }
     try:
-        server.start(timeout=600)
-        record["loads"] = measure(server, options.triton_sweep_loads, options.sweep_duration)
+        with embedded_stack(
+            logs / f"triton-{variant.name}", broker=False, model_repository=repo, triton_timeout=600
+        ) as servers:
+            record["loads"] = measure(servers.triton, options.triton_sweep_loads, options.sweep_duration)
     except Exception as exc:
         log.exception("triton variant %s failed", variant.name)
         record["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        server.stop()
         shutil.rmtree(repo, ignore_errors=True)
     return record
 

@@ -1,9 +1,10 @@
 """Fixtures shared by every test tier.
 
-`broker` and `triton` start the real servers of the embedded default once per test session and stop
-them (by PID) at the end. Tests that use them are marked `integration`. Each test gets its own topics
-and consumer group from `service_settings`, so tests never see each other's data, and its worker
-processes from `new_worker`, which stops them when the test ends.
+`broker` and `triton` start the real servers of the embedded default once per test session
+(`tooling.embedded.embedded_stack`) and stop them by PID at the end, also when the run gets SIGTERM.
+Tests that use them are marked `integration`. Each test gets its own topics and consumer group from
+`service_settings`, so tests never see each other's data, and its worker processes from `new_worker`,
+which stops them when the test ends.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from streams.settings import Settings
-from tooling.embedded import Broker, TritonServer
+from tooling.embedded import Broker, TritonServer, embedded_stack
 from tooling.embedded.worker import QUICK_GROUP, WorkerProcess
 
 # Nothing in the tests may reach a model hub.
@@ -48,14 +49,14 @@ def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def broker(server_logs: Path) -> Iterator[Broker]:
-    with Broker(log_dir=server_logs) as running:
-        yield running
+    with embedded_stack(server_logs, triton=False) as servers:
+        yield servers.broker
 
 
 @pytest.fixture(scope="session")
 def triton(server_logs: Path) -> Iterator[TritonServer]:
-    with TritonServer(REPO_ROOT / "triton_models", ["ecom_fusion"], log_dir=server_logs) as running:
-        yield running
+    with embedded_stack(server_logs, broker=False, model_repository=REPO_ROOT / "triton_models") as servers:
+        yield servers.triton
 
 
 @pytest.fixture

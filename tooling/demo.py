@@ -20,9 +20,9 @@ from pathlib import Path
 
 from streams.settings import Settings
 from streams.topics import create_topics
-from tooling.embedded import Broker, TritonServer
+from tooling.embedded import TritonServer, embedded_stack
 from tooling.embedded.process import sigterm_as_interrupt
-from tooling.embedded.worker import WorkerProcess, http_get
+from tooling.embedded.worker import http_get
 from tooling.promtext import metric_sum
 from tooling.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
 from tooling.sample import SampleEvent, build_sample
@@ -68,19 +68,14 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
     # oversize-message example small.
     settings = settings.model_copy(update={"max_message_bytes": min(settings.max_message_bytes, 300_000)})
     say(f"ecom-enrichment demo; logs in {log_dir}")
-    with contextlib.ExitStack() as stack:
-        try:
-            t0 = time.perf_counter()
-            broker = stack.enter_context(Broker(log_dir=log_dir))
+    repository = Path(options.model_repository) if options.model_repository else REPO_ROOT / "triton_models"
+    say("starting the broker, then Triton with model ecom_fusion (loads the fusion network on the CPU) ...")
+    try:
+        with embedded_stack(log_dir, model_repository=repository) as servers:
+            broker, triton = servers.broker, servers.triton
             say(f"[1/6] Kafka-compatible broker (Tansu) on {broker.bootstrap}")
-            repository = (
-                Path(options.model_repository) if options.model_repository else REPO_ROOT / "triton_models"
-            )
-            triton = TritonServer(repository, ["ecom_fusion"], log_dir=log_dir)
-            stack.callback(triton.stop)
-            say("[2/6] starting Triton with model ecom_fusion (loads the fusion network on the CPU) ...")
-            triton.start(timeout=300)
-            say(f"      Triton ready on {triton.grpc_url} (gRPC) after {time.perf_counter() - t0:.0f}s")
+            up = sum(servers.started_s.values())
+            say(f"[2/6] Triton ready on {triton.grpc_url} (gRPC) after {up:.0f}s")
 
             settings = settings.model_copy(
                 update={"kafka_bootstrap": broker.url, "triton_grpc_url": triton.grpc_url}
@@ -88,9 +83,7 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
             ready = asyncio.run(create_topics(settings))
             say(f"[3/6] created {len(ready.created)} topics with {settings.partitions} partitions each")
 
-            worker = WorkerProcess(settings, log_dir=log_dir)
-            stack.callback(worker.stop)
-            worker.start()
+            worker = servers.start_worker(settings)
             web_port = worker.web_port
             say(f"[4/6] worker running (pid {worker.pid}); health and metrics on {worker.url}")
 
@@ -111,10 +104,10 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
             say("[6/6] summary")
             summary(accounting, wall, web_port, triton, burst=options.rate is None)
             ok = not accounting.missing and not accounting.misrouted()
-        except KeyboardInterrupt:
-            say("\ninterrupted: stopping the worker, Triton and the broker")
-            return 130
-        return 0 if ok else 1
+            return 0 if ok else 1
+    except KeyboardInterrupt:
+        say("\ninterrupted: the worker, Triton and the broker are stopped")
+        return 130
 
 
 async def _replay(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import sys
@@ -375,8 +374,8 @@ def source_mix(phase: Phase) -> dict[str, float]:
 
 
 def run(options: Options, out_json: Path | None) -> int:
-    from tooling.embedded import Broker, TritonServer
-    from tooling.embedded.worker import QUICK_GROUP, WorkerProcess
+    from tooling.embedded import embedded_stack
+    from tooling.embedded.worker import QUICK_GROUP
 
     k = RecommenderConfig().k
     offset = {"test": 0, "validation": 1}[options.split]
@@ -400,13 +399,10 @@ def run(options: Options, out_json: Path | None) -> int:
     say(f"logs in {log_dir}")
     run_id = f"eval-{int(time.time())}"
 
-    with contextlib.ExitStack() as stack:
-        t0 = time.perf_counter()
-        broker = stack.enter_context(Broker(log_dir=log_dir))
-        triton = TritonServer(REPO_ROOT / "triton_models", ["ecom_fusion"], log_dir=log_dir)
-        stack.callback(triton.stop)
-        triton.start(timeout=300)
-        up = time.perf_counter() - t0
+    # Stopped by PID on the way out, also on Ctrl-C and SIGTERM: the worker, Triton, the broker.
+    with embedded_stack(log_dir, model_repository=REPO_ROOT / "triton_models") as servers:
+        broker, triton = servers.broker, servers.triton
+        up = sum(servers.started_s.values())
         say(f"broker {broker.bootstrap} and Triton {triton.grpc_url} up after {up:.0f}s")
         settings = Settings(
             kafka_bootstrap=broker.url,
@@ -419,9 +415,7 @@ def run(options: Options, out_json: Path | None) -> int:
             broker_session_timeout_s=QUICK_GROUP["broker_session_timeout_s"],
         )
         asyncio.run(create_topics(settings))
-        worker = WorkerProcess(settings, log_dir=log_dir)
-        stack.callback(worker.stop)
-        worker.start()
+        worker = servers.start_worker(settings)
         say(f"worker {worker.pid} consuming; replaying")
 
         async def replay_all() -> tuple[Phase, Phase, float]:
@@ -544,11 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=args.log_dir,
         reference=not args.no_reference,
     )
-    from tooling.embedded.process import sigterm_as_interrupt
-
-    # SIGTERM (kill, timeout) stops the broker, Triton and the worker by PID on the way out, as Ctrl-C does.
-    with sigterm_as_interrupt():
-        return run(options, args.json)
+    return run(options, args.json)
 
 
 if __name__ == "__main__":
