@@ -44,6 +44,7 @@ class Health:
         self.triton_up = False
         self.detail: dict[str, str] = {"kafka": "not probed yet", "triton": "not probed yet"}
         self._admin: Any = None
+        self._lag_series: set[tuple[str, str]] = set()  # (topic, partition) with a lag series
 
     # --- probes -----------------------------------------------------------------------------
     async def probe(self) -> None:
@@ -96,18 +97,34 @@ class Health:
         metrics.DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
 
     async def _update_lag(self) -> None:
+        """`ecom_consumer_lag` of each assigned input partition: its log end minus the committed offset.
+
+        The end is the larger of the broker's answer to a ListOffsets request and the end its last fetch
+        response stated: the embedded Tansu broker answers the first with the first offset of the
+        partition's last batch + 1 (short by the rest of that batch), Apache Kafka with the true end.
+        Partitions no longer assigned lose their series, so a worker never reports another's lag.
+        """
         consumer = self.app.consumer
         tps = [tp for tp in consumer.assignment() if tp.topic in self.inputs]
+        self._forget_lag({(tp.topic, str(tp.partition)) for tp in tps})
         if not tps:
             return
         highwaters = await consumer.highwaters(*tps)
         committed = getattr(consumer, "_committed_offset", {})
         for tp in tps:
-            end = highwaters.get(tp)
+            end = log_end(highwaters.get(tp), fetched_end(consumer, tp))
             if end is None:
                 continue
             done = committed.get(tp) or 0
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+            labels = (tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, end - done))
+            self._lag_series.add(labels)
+
+    def _forget_lag(self, keep: set[tuple[str, str]]) -> None:
+        for labels in self._lag_series - keep:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_series &= keep
 
     async def _close_admin(self) -> None:
         admin, self._admin = self._admin, None
@@ -155,6 +172,21 @@ class Health:
             where = "; ".join(s.describe() for s in stopped)
             detail["consumer"] = f"stopped at an undecodable batch: {where}"
         return ok, {**body, "detail": detail}
+
+
+def fetched_end(consumer: Any, tp: Any) -> int | None:
+    """The log end the broker stated in its last fetch response for `tp` (None before one)."""
+    try:
+        end = consumer.highwater(tp)
+    except Exception:  # noqa: BLE001  (not assigned any more, or no fetch yet)
+        return None
+    return int(end) if end is not None else None
+
+
+def log_end(*ends: int | None) -> int | None:
+    """The furthest of the ends known for a partition (each is one the log has reached)."""
+    known = [e for e in ends if e is not None]
+    return max(known) if known else None
 
 
 def install_health_pages(app: faust.App, health: Health) -> None:
