@@ -85,6 +85,13 @@ def policy_versions(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(v) for v in sorted(int(v) for v in versions))
 
 
+def declared_versions(config: dict[str, Any]) -> set[str]:
+    """The versions a config speaks of: those its policy names and those with parameters of their own."""
+    cfg = config.get("config", config)
+    own = {k.rsplit(VERSION_SEPARATOR, 1)[1] for k in cfg.get("parameters", {}) if VERSION_SEPARATOR in k}
+    return set(policy_versions(config)) | own
+
+
 def parse_model_config(model: str, config: dict[str, Any], version: str = "") -> ModelInfo:
     """Version name, labels and embedding size of one Triton `version` from `config.pbtxt` `parameters`.
 

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from fusion.errors import BadInput
-from streams.contract import ModelInfo, ModelInput, ModelOutput, parse_model_config, split_outputs
+from streams.contract import (
+    ModelInfo,
+    ModelInput,
+    ModelOutput,
+    declared_versions,
+    parse_model_config,
+    split_outputs,
+)
 from streams.errors import (
     EnrichmentError,
     InferenceTimeout,
@@ -87,6 +95,8 @@ class TritonModel:
     `version`: the version a request names when the caller names none (`ECOM_MODEL_VERSION`); empty:
     Triton's latest loaded version. Readiness and the health probe's known-good rows use it too."""
 
+    REREAD_S = 5.0  # a config read this recently describes any version without reading it again
+
     def __init__(self, url: str, model: str, *, timeout: float, ssl: bool = False, version: str = "") -> None:
         self.url = url
         self.model = model
@@ -95,6 +105,7 @@ class TritonModel:
         self.version = version
         self._client: Any = None
         self._config: dict[str, Any] | None = None
+        self._read_at = 0.0  # when the config was read (time.monotonic)
         self._latest = ""  # the highest version Triton had ready at the last refresh
         self._infos: dict[str, ModelInfo] = {}
         self._refreshing: asyncio.Lock | None = None
@@ -120,15 +131,12 @@ class TritonModel:
             raise InferenceUnavailable(f"{what}: {exc}") from None
 
     async def ready(self, version: str = "") -> bool:
-        """Triton and this version (default: the client's, else any version) are ready. Without a
-        version, any ready version will do: while a newer one loads, Triton's "latest" is not ready yet
-        but the versions already loaded go on answering."""
+        """This version (default: the client's, else any version) is ready to answer. Not Triton's
+        server readiness: that is false while any model version loads, though the versions already
+        loaded go on answering (a load of a new version takes a minute on a CPU)."""
         client = self._grpc()
         wanted = version or self.version
         try:
-            live = await self._call("is_server_ready", lambda: client.is_server_ready(client_timeout=2))
-            if not live:
-                return False
             if not wanted:
                 metadata = await self._call(
                     "get_model_metadata",
@@ -145,8 +153,9 @@ class TritonModel:
             return False
 
     async def info(self, version: str = "", refresh: bool = False) -> ModelInfo:
-        """What `version` declares (default: the client's version, else Triton's latest). A version not
-        seen since the last refresh refreshes the config first: it may have been loaded since."""
+        """What `version` declares (default: the client's version, else Triton's latest). A version the
+        config read last does not speak of makes the client read it again first: it may have been
+        loaded since (at most once per `REREAD_S` for versions no config names)."""
         wanted = version or self.version
         cached = self._infos.get(wanted)
         if cached is not None and not refresh:
@@ -156,11 +165,17 @@ class TritonModel:
         async with self._refreshing:
             cached = self._infos.get(wanted)
             if cached is None or refresh:
-                await self._refresh()
-                key = wanted or self._latest
-                cached = parse_model_config(self.model, self._config or {}, key)
+                if refresh or not self._describes(wanted):
+                    await self._refresh()
+                cached = parse_model_config(self.model, self._config or {}, wanted or self._latest)
                 self._infos[wanted] = cached
             return cached
+
+    def _describes(self, version: str) -> bool:
+        if self._config is None:
+            return False
+        recent = time.monotonic() - self._read_at < self.REREAD_S
+        return recent or (bool(version) and version in declared_versions(self._config))
 
     async def _refresh(self) -> None:
         client = self._grpc()
@@ -177,6 +192,7 @@ class TritonModel:
             ready = [int(v) for v in metadata.get("versions", []) if str(v).isdigit()]
             latest = str(max(ready)) if ready else ""
         self._config, self._latest, self._infos = config, latest, {}
+        self._read_at = time.monotonic()
 
     async def infer(self, rows: Sequence[ModelInput], version: str = "") -> list[ModelOutput]:
         """One request for these rows to `version` (default: the client's, else Triton's latest); each

@@ -253,7 +253,8 @@ def test_triton_probes_ports_and_hardware(overlay: str) -> None:
     liveness = container["livenessProbe"]["exec"]["command"]
     assert liveness[:2] == ["python3", "-c"]
     assert all(part in liveness[2] for part in ("localhost:8000", "/v2/health/live", "Stub process"))
-    assert probe_path(container, "readinessProbe") == ("/v2/health/ready", 8000)
+    # The model's readiness, not the server's: that is false while a version loads (docs/rollout.md).
+    assert probe_path(container, "readinessProbe") == ("/v2/models/ecom_fusion/ready", 8000)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8000,
         "grpc": 8001,

@@ -402,3 +402,66 @@ async def test_rated_reviews_feed_the_live_quality_of_the_version_that_answered(
         == 6
     )
     assert metrics.LIVE_F1_FLOOR._value.get() == Settings().live_f1_floor  # type: ignore[attr-defined]
+
+
+# --- the Triton client: the version that answered, described without a restart ------------------------
+class FakeGrpc:
+    """The parts of tritonclient's asyncio gRPC client the service uses; `answering` is Triton's latest."""
+
+    def __init__(self) -> None:
+        self.config = config([1], **{"model_version_name@1": "fusion-1.0"})
+        self.answering = "1"
+        self.config_reads = 0
+        self.asked: list[str] = []
+
+    async def get_model_config(self, model: str, as_json: bool = False, client_timeout: float = 0) -> Any:
+        self.config_reads += 1
+        return json.loads(json.dumps(self.config))
+
+    async def get_model_metadata(self, model: str, as_json: bool = False, client_timeout: float = 0) -> Any:
+        return {"versions": [self.answering]}
+
+    async def infer(self, model: str, inputs: Any, model_version: str = "", **_: Any) -> Any:
+        self.asked.append(model_version)
+        version, n = model_version or self.answering, inputs[0].shape()[0]
+
+        class Result:
+            def as_numpy(self, name: str) -> Any:
+                width = {"SENTIMENT": 3, "CATEGORY": 3, "EMBEDDING": 4}[name]
+                return np.full((n, width), 0.5, np.float32)
+
+            def get_response(self) -> Any:
+                return type("Response", (), {"model_version": version})()
+
+        return Result()
+
+
+async def test_the_client_stamps_the_answering_version_and_reads_a_new_ones_config_once() -> None:
+    from streams.triton_client import TritonModel
+
+    grpc = FakeGrpc()
+    model = TritonModel("triton:8001", "ecom_fusion", timeout=5)
+    model._client = grpc
+    model.REREAD_S = 0.0  # every miss of an unknown version reads the config again
+    [out] = await model.infer([row("a")])
+    assert out.version == "1" and (await model.info(out.version)).version == "fusion-1.0"
+    # Version 2 is loaded (the config now names it) and becomes the latest: no restart.
+    grpc.config = config(
+        [1, 2], **{"model_version_name@1": "fusion-1.0", "model_version_name@2": "fusion-2.0"}
+    )
+    grpc.answering = "2"
+    reads = grpc.config_reads
+    [out] = await model.infer([row("b")])
+    assert out.version == "2" and (await model.info("2")).version == "fusion-2.0"
+    assert grpc.config_reads == reads + 1
+    # Interleaved answers from both versions read nothing more: the config read last names both.
+    for version in ("1", "2", "1", "2"):
+        assert (await model.info(version)).version == f"fusion-{version}.0"
+    assert grpc.config_reads == reads + 1
+    # A request can name its version; the default is the client's own.
+    pinned = TritonModel("triton:8001", "ecom_fusion", timeout=5, version="1")
+    pinned._client = grpc
+    [out] = await pinned.infer([row("c")])
+    assert out.version == "1" and grpc.asked[-1] == "1"
+    [out] = await pinned.infer([row("d")], version="2")
+    assert out.version == "2" and grpc.asked[-1] == "2"
