@@ -8,6 +8,7 @@
     backfill        reprocess an input topic from a time into the outputs (not the live group)
     reenrich        the latest listing of every product through the model again
     config show     the effective settings, secrets masked
+    model           the model versions Triton serves: list, load, unload (docs/rollout.md)
     demo            the embedded default: broker + Triton + worker + real data replayed, then a summary
     produce-sample  replay the real sample (and broken events) into the input topics of a running broker
     collect         read the outputs and dead letters of a run and count them per input event
@@ -189,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_args(demo, reviews=300, products=200, clicks=500)
     demo.add_argument("--large", action="store_true", help="10x the default sample")
     demo.add_argument(
+        "--rollout",
+        action="store_true",
+        help="model versions instead: shadow, canary, then promotion under a steady stream (docs/rollout.md)",
+    )
+    demo.add_argument(
         "--rate", type=float, default=None, help="replay at this many events/s (default: one burst)"
     )
     demo.add_argument("--timeout", type=float, default=600, help="seconds to wait for every output")
@@ -204,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="count outputs and dead letters per input event")
     collect.add_argument("--manifest", required=True, help="the file written by produce-sample --manifest")
     collect.add_argument("--timeout", type=float, default=300)
+
+    from streams.rollout_cli import add_model_parser
+
+    add_model_parser(sub)  # model list|load|unload (docs/rollout.md)
     return parser
 
 
@@ -242,9 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         try:
             from tooling.demo import DemoOptions, run_demo
+            from tooling.rollout import rollout_demo_command
         except ModuleNotFoundError as exc:
             _require_tooling(exc, args.command)
             raise
+
+        if args.rollout:
+            return rollout_demo_command(_settings(), args)
 
         scale = 10 if args.large else 1
         options = DemoOptions(
@@ -345,12 +359,19 @@ def _config(args: argparse.Namespace) -> int:
     return show_command(_settings(), as_json=args.json, out=sys.stdout)
 
 
+def _model(args: argparse.Namespace) -> int:
+    from streams.rollout_cli import model_command
+
+    return model_command(_settings(), args, sys.stdout)
+
+
 OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "send": _send,
     "dlq": _dlq,
     "backfill": _backfill,
     "reenrich": _reenrich,
     "config": _config,
+    "model": _model,
 }
 
 
