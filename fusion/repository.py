@@ -92,6 +92,18 @@ def served_versions(model_dir: Path) -> list[int]:
     )
 
 
+def version_names(model_dir: Path, versions: Sequence[int]) -> dict[int, str]:
+    """Each version's published name, from the `metrics.json` its training wrote beside the weights."""
+    names: dict[int, str] = {}
+    for number in versions:
+        metrics = model_dir / str(number) / "metrics.json"
+        if metrics.exists():
+            name = json.loads(metrics.read_text()).get("run", {}).get("version_name")
+            if name:
+                names[number] = str(name)
+    return names
+
+
 def version_policy(versions: Sequence[int]) -> str:
     """Every version with weights is served side by side (a request names the version it wants, the
     latest when it names none, so a rollout can move traffic between them); a folder without weights
@@ -109,7 +121,10 @@ def render_config(
     limits: InputLimits,
     serving: Serving,
     versions: Sequence[int] = (),
+    version_names: dict[int, str] | None = None,
 ) -> str:
+    """The config text. `version_names` adds `model_version_name@<version>` per version (the shared
+    `model_version_name` is the latest's): the service stamps each version's own name on its outputs."""
     labels = json.dumps(list(LEAF_NAMES))
     params = {
         "model_version_name": version_name,
@@ -123,6 +138,8 @@ def render_config(
         "torch_threads": str(serving.torch_threads),
         "runtime": serving.runtime,
     }
+    for number, name in sorted((version_names or {}).items()):
+        params[f"model_version_name@{number}"] = name
     param_text = "\n".join(
         f'parameters {{ key: "{k}" value {{ string_value: "{_escape(v)}" }} }}' for k, v in params.items()
     )
@@ -177,6 +194,7 @@ def write_repository(
     """config.pbtxt, configs/gpu.pbtxt, category_labels.txt and taxonomy.json under `model_dir`."""
     limits = limits or InputLimits()
     versions = served_versions(model_dir)
+    names = version_names(model_dir, versions) if len(versions) > 1 else {}
     (model_dir / "configs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         model_dir / "config.pbtxt",
@@ -187,6 +205,7 @@ def write_repository(
             limits=limits,
             serving=CPU_SERVING,
             versions=versions,
+            version_names=names,
         ),
     )
     atomic_write_text(
@@ -198,6 +217,7 @@ def write_repository(
             limits=limits,
             serving=GPU_SERVING,
             versions=versions,
+            version_names=names,
         ),
     )
     atomic_write_text(model_dir / LABEL_FILE, "\n".join(LEAF_NAMES) + "\n")

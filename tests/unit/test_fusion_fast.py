@@ -10,7 +10,7 @@ import pytest
 from fusion.fast import RUNTIMES, graph_folder, make_predictor
 from fusion.network import Predictor, load_tuned
 from fusion.preprocess import prepare_image
-from fusion.repository import render_config, served_versions, version_policy
+from fusion.repository import render_config, served_versions, version_names, version_policy, write_repository
 from fusion.serving import FusionService
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "ecom_fusion"
@@ -89,6 +89,13 @@ def test_every_version_with_weights_is_served(tmp_path: Path) -> None:
     assert served_versions(tmp_path) == [1, 2]  # 3 holds no weights yet (a training in progress)
     assert version_policy([1, 2]) == "version_policy: { specific: { versions: [ 1, 2 ] } }"
     assert version_policy([1]) == "version_policy: { specific: { versions: [ 1 ] } }"
+    for version in ("1", "2"):
+        (tmp_path / version / "metrics.json").write_text(f'{{"run": {{"version_name": "v{version}+abc"}}}}')
+    assert version_names(tmp_path, [1, 2]) == {1: "v1+abc", 2: "v2+abc"}
+    write_repository(tmp_path, version_name="v2+abc", embedding_dim=128)
+    config = (tmp_path / "config.pbtxt").read_text()
+    assert 'key: "model_version_name@1" value { string_value: "v1+abc" }' in config
+    assert 'key: "model_version_name" value { string_value: "v2+abc" }' in config
 
 
 def test_committed_configs_serve_the_committed_versions_and_pick_the_runtime() -> None:
