@@ -9,6 +9,7 @@ input is one `Route`: its event schema, its step, its output and the output's ke
     reviews            ReviewEvent           enrich.review_step      review-sentiment      review_id
     product-uploads    ProductUploadEvent    enrich.product_step     product-categories    product_id
     clickstream        ClickEvent            enrich.click_step       recommendations       user_id
+    product-queries    ProductQueryEvent     enrich.query_step       product-matches       query_id
     (every input)      -                     (a bad event)           <input>.dlq           source key
 
 Beside the routes, the recommender keeps state in Faust tables fed by two more streams (`STATE_FEEDS`):
@@ -29,6 +30,8 @@ from streams.events import (
     ClickEvent,
     InputEvent,
     ProductCategory,
+    ProductMatches,
+    ProductQueryEvent,
     ProductUploadEvent,
     Recommendation,
     ReviewEvent,
@@ -94,9 +97,22 @@ ROUTES: tuple[Route, ...] = (
         model_kind=None,
         adds="the shopper's next items, each with a score and the source that put it there",
     ),
+    Route(
+        input="product-queries",
+        event=ProductQueryEvent,
+        step=enrich.query_step,
+        output="product-matches",
+        output_event=ProductMatches,
+        key="query_id",
+        ordering="concurrent",
+        # Embedded like a listing, in the same micro-batches: a query is a product with text or a photo.
+        model_kind="product",
+        adds="the k catalogue products closest to the query's photo or words, with scores",
+    ),
 )
 
-MODEL_KINDS: tuple[str, ...] = tuple(r.model_kind for r in ROUTES if r.model_kind is not None)
+# One micro-batcher per kind, whatever the number of routes that send through it.
+MODEL_KINDS: tuple[str, ...] = tuple(dict.fromkeys(r.model_kind for r in ROUTES if r.model_kind is not None))
 
 # The recommender's Faust tables (docs/recommendations.md, "State and partitioning"). The users table is
 # co-partitioned with the clickstream; the others are replicated on every worker.
@@ -105,7 +121,8 @@ TABLE_NEIGHBOURS = "recommend-neighbours"
 TABLE_ITEM_STATS = "recommend-item-stats"
 TABLE_POPULAR = "recommend-popular"
 TABLE_EMBEDDINGS = "recommend-embeddings"
-TABLES = (TABLE_USERS, TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR, TABLE_EMBEDDINGS)
+TABLE_CATEGORIES = "recommend-categories"  # product_id -> category label, beside its embedding
+TABLES = (TABLE_USERS, TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR, TABLE_EMBEDDINGS, TABLE_CATEGORIES)
 
 # Internal topics (named after the app id, like the changelogs): the recommender's item updates,
 # routed by item so that every item's rows have one writer.
@@ -130,7 +147,12 @@ STATE_FEEDS: tuple[StateFeed, ...] = (
         internal=True,
         writes=(TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR),
     ),
-    StateFeed("recommend-embeddings", "product-categories", internal=False, writes=(TABLE_EMBEDDINGS,)),
+    StateFeed(
+        "recommend-embeddings",
+        "product-categories",
+        internal=False,
+        writes=(TABLE_EMBEDDINGS, TABLE_CATEGORIES),
+    ),
 )
 
 

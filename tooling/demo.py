@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from streams.settings import Settings
 from streams.topics import create_topics
 from tooling.embedded import TritonServer, embedded_stack
 from tooling.embedded.process import sigterm_as_interrupt
-from tooling.embedded.worker import http_get
+from tooling.embedded.worker import WorkerProcess, http_get
 from tooling.promtext import metric_sum
 from tooling.replay import Accounting, Collector, Received, latency_of, new_accounting, produce
 from tooling.sample import SampleEvent, build_sample
@@ -44,6 +45,7 @@ class DemoOptions:
     log_dir: str | None = None
     rate: float | None = None  # events/s; None: one burst, as fast as the producer goes
     model_repository: str | None = None  # default: the project's triton_models/
+    queries: bool = True  # after the replay: a few searches by photo and by words over the listings
 
 
 def say(text: str = "") -> None:
@@ -104,6 +106,8 @@ def _run_demo(settings: Settings, options: DemoOptions) -> int:
             say("[6/6] summary")
             summary(accounting, wall, web_port, triton, burst=options.rate is None)
             ok = not accounting.missing and not accounting.misrouted()
+            if options.queries:
+                ok = search(settings, options, events, worker) and ok
             return 0 if ok else 1
     except KeyboardInterrupt:
         say("\ninterrupted: the worker, Triton and the broker are stopped")
@@ -129,6 +133,68 @@ async def _replay(
         return accounting, time.perf_counter() - started
     finally:
         await collector.stop()
+
+
+def search(
+    settings: Settings, options: DemoOptions, events: list[SampleEvent], worker: WorkerProcess
+) -> bool:
+    """A few `product-queries` against the listings just enriched (photos that are not among them, held-out
+    reviews, a written query within one category, one empty query), paced at 2 per second; prints the
+    answers by the Fashion-MNIST class of each product found, and the query latency. Returns whether
+    every query was accounted for as expected."""
+    from tooling.search_eval import query_events
+
+    catalogue = {
+        e.key.decode(): str(e.truth["fmnist_class"])
+        for e in events
+        if e.topic == "product-uploads" and e.expect == "output" and e.key
+    }
+    indexed = _wait_until_indexed(worker, len(catalogue))
+    photos = {int(pid.rsplit("-", 1)[1]) for pid in catalogue}
+    queries = query_events(f"demo{options.seed}", photos=3, texts=2, exclude_photos=photos, seed=options.seed)
+    say(f"search by photo or by words: {len(queries)} queries against {indexed} indexed listings")
+    accounting, _ = asyncio.run(_replay(settings, queries, options.timeout, 2.0))
+    latencies: list[float] = []
+    for event, r in accounting.records():
+        if r.is_dead_letter:
+            error = r.value["error"]
+            say(f"    {r.topic}: {r.value['event_id']} -> {error['type']}: {error['message'][:70]}")
+            continue
+        latencies.append(float(r.value["latency_ms"]) / 1000)
+        found = ", ".join(
+            f"{catalogue.get(m['product_id'], '?')} {m['score']:.2f}" for m in r.value["matches"]
+        )
+        if "fmnist_class" in event.truth:
+            asked = f"photo of a {event.truth['fmnist_class']}"
+        else:
+            asked = f'"{str(event.truth["text"])[:60]}" ({event.truth["leaf"]})'
+            if r.value["category_filter"]:
+                asked += f" within {r.value['category_filter']}"
+        say(f"    {asked} -> {found or '(nothing)'}")
+    if latencies:
+        say(
+            f"  query latency:   {_percentiles(latencies)}, record to publish, 2 queries/s on the idle worker"
+        )
+    ok = not accounting.missing and not accounting.misrouted()
+    say(
+        f"  queries:         {len(queries) - len(accounting.missing)}/{len(queries)} accounted for "
+        f"(missing {len(accounting.missing)}, not as expected {len(accounting.misrouted())})"
+    )
+    return ok
+
+
+def _wait_until_indexed(worker: WorkerProcess, listings: int, wait_s: float = 30.0) -> int:
+    """The listings in the worker's content index, once they are all there (or after `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    entries = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            tables = json.loads(worker.state("/recommend/tables")[1])
+            entries = int(tables.get("recommend-embeddings", {}).get("entries", 0))
+        if entries >= listings:
+            break
+        time.sleep(0.5)
+    return entries
 
 
 def _quality(records: list[tuple[SampleEvent, Received]]) -> None:

@@ -28,6 +28,7 @@ import orjson
 from PIL import Image
 
 from streams.topics import TopicNames
+from streams.topology import ROUTES
 
 Expect = Literal["output", "dlq"]
 
@@ -36,7 +37,7 @@ Expect = Literal["output", "dlq"]
 class SampleEvent:
     """One record to produce, with what the service must make of it."""
 
-    topic: str  # the logical input: "reviews", "product-uploads" or "clickstream"
+    topic: str  # the logical input: "reviews", "product-uploads", "clickstream" or "product-queries"
     key: bytes | None
     value: bytes
     event_id: str
@@ -363,8 +364,6 @@ def build_sample(
 
 
 def physical_topic(names: TopicNames, logical: str) -> str:
-    return {
-        "reviews": names.reviews,
-        "product-uploads": names.product_uploads,
-        "clickstream": names.clickstream,
-    }[logical]
+    if logical not in {r.input for r in ROUTES}:
+        raise KeyError(f"{logical} is not an input of the service")
+    return names(logical)

@@ -25,7 +25,7 @@ import orjson
 
 from streams.errors import PublishFailed
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.content import ContentIndex
+from streams.recommend.content import ContentIndex, listing_category
 from streams.recommend.dedup import Origin
 from streams.recommend.engine import partition_of
 from streams.recommend.errors import CorruptState, InvalidEmbedding
@@ -39,7 +39,14 @@ from streams.recommend.service import (
 )
 from streams.recommend.versioned import Versioned
 from streams.records import SourceRecord
-from streams.topology import TABLE_EMBEDDINGS, TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_POPULAR, TABLE_USERS
+from streams.topology import (
+    TABLE_CATEGORIES,
+    TABLE_EMBEDDINGS,
+    TABLE_ITEM_STATS,
+    TABLE_NEIGHBOURS,
+    TABLE_POPULAR,
+    TABLE_USERS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,10 @@ class RecommenderParts:
         try:
             product_id, embedding = embedding_of(record.value)
             self.sink.put(product_id, embedding)
+            category = listing_category(record.value)
+            if category is not None:  # beside the vector, for searches within a category
+                self.views[TABLE_CATEGORIES][product_id] = category
+                self.sink.content.set_category(product_id, category)
         except InvalidEmbedding as exc:
             log.warning("%s no embedding for content similarity: %s", record.coords, exc)
             return
@@ -189,6 +200,7 @@ def build_recommender(
         TABLE_POPULAR: tables.replicated(TABLE_POPULAR, board_partition),
         # Written while reading product-categories: to the event's partition.
         TABLE_EMBEDDINGS: tables.replicated(TABLE_EMBEDDINGS),
+        TABLE_CATEGORIES: tables.replicated(TABLE_CATEGORIES),
     }
     views: dict[str, Any] = {
         name: table if name == TABLE_USERS else Versioned(table) for name, table in stored.items()
@@ -203,6 +215,7 @@ def build_recommender(
         await asyncio.gather(tables.delivered(), *sends)
 
     content = ContentIndex()
+    content.category_source = views[TABLE_CATEGORIES]  # categories other workers wrote
     recommender = BlendedRecommender(
         config,
         views[TABLE_USERS],

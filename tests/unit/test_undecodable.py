@@ -293,7 +293,12 @@ def test_compression_and_skips_reach_the_app() -> None:
     app = create_app(settings, model=FakeModel(), publisher=RecordingPublisher())
     assert app.conf.producer_compression_type == "zstd"
     assert app.undecodable.skip == {("t-clickstream", 1, 9)}
-    assert app.undecodable.dlq_topics == {"t-reviews", "t-product-uploads", "t-clickstream"}
+    assert app.undecodable.dlq_topics == {
+        "t-reviews",
+        "t-product-uploads",
+        "t-clickstream",
+        "t-product-queries",
+    }
     assert app.undecodable.producer_options is not None
     assert app.undecodable.producer_options["compression_type"] == "zstd"
     with pytest.raises(ValueError, match="kafka_compression_type"):
