@@ -149,6 +149,9 @@ def markdown(data: dict[str, Any]) -> str:
     sweep = data.get("sweep")
     if sweep:
         lines += _sweep_section(sweep)
+    shadow = data.get("shadow")
+    if shadow:
+        lines += _shadow_section(shadow, summary)
     profile = data.get("profile")
     if profile:
         lines += _profile_section(profile)
@@ -215,6 +218,45 @@ def _stream_section(title: str, section: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _shadow_section(shadow: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Shadow cost",
+        "",
+        "The micro-batched stream without a shadow, then with "
+        f"`ECOM_SHADOW_VERSION={shadow.get('shadow_version')}` (the served version against itself), back to "
+        "back; saturated.",
+        "",
+    ]
+    rows = []
+    for kind, s in summary.items():
+        if s.get("shadow_on_events_per_s") is None:
+            continue
+        pairs = [
+            (s[f"shadow_off_{key}"], s[f"shadow_on_{key}"], digits)
+            for key, digits in (
+                ("events_per_s", 1),
+                ("worker_cpu_ms_per_event", 2),
+                ("triton_cpu_ms_per_event", 2),
+            )
+        ]
+        rows.append([kind, *(f"{_f(off, d)} / {_f(on, d)}" for off, on, d in pairs)])
+    lines += _table(
+        ["kind", "events/s off / on", "worker CPU ms/event off / on", "Triton CPU ms/event off / on"], rows
+    )
+    counts = shadow.get("on", {}).get("shadow", {})
+    if counts:
+        dropped = ", ".join(
+            f"{k.removeprefix('dropped_')} {v:.0f}" for k, v in counts.items() if k.startswith("dropped_")
+        )
+        lines += [
+            f"With the shadow: {counts.get('compared_rows', 0):.0f} rows compared "
+            f"({counts.get('agree', 0):.0f} agreements, {counts.get('disagree', 0):.0f} disagreements "
+            f"over the aspects compared), dropped {dropped}.",
+            "",
+        ]
+    return lines
 
 
 def _sweep_section(sweep: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """`python -m benchmarks run`: every part in one run on one machine, servers started and stopped here.
 
 Order: the model in-process first (it has the machine to itself), then Triton alone, the micro-batched
-stream, the naive stream, the tuning sweep, and last the profile (py-spy would disturb the figures).
+stream, the naive stream, the tuning sweep, the shadow's cost (the stream without and with
+`ECOM_SHADOW_VERSION`, back to back), and last the profile (py-spy would disturb the figures).
 Every server is started through `tooling.embedded` and stopped by its PID. The JSON result is rewritten
 after every part, so a failure late in the run keeps what was measured.
 """
@@ -34,7 +35,7 @@ from benchmarks.tritonconfig import TritonVariant
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("model", "triton", "stream", "naive", "sweep", "profile")
+PARTS = ("model", "triton", "stream", "naive", "sweep", "shadow", "profile")
 DEFAULT_TRITON_LOADS = ("1x1", "8x1", "64x1", "1x32", "2x32", "4x32")
 DEFAULT_STREAM_SWEEP = (
     "batch=8",
@@ -213,7 +214,7 @@ def run(options: RunOptions, on_part: Callable[[str], None] | None = None) -> di
         results.data["model"]["load_average_after"] = load_average()
         results.save()
 
-    servers_needed = set(options.parts) & {"triton", "stream", "naive", "sweep", "profile"}
+    servers_needed = set(options.parts) & {"triton", "stream", "naive", "sweep", "shadow", "profile"}
     if servers_needed:
         _with_servers(options, inputs, results, part, logs)
 
@@ -268,7 +269,7 @@ def _with_servers(
         )
     run_id = uuid.uuid4().hex[:6]
     base = replace(StreamConfig.service_defaults(), name="micro-batched")
-    stream_parts = set(options.parts) & {"stream", "naive", "sweep", "profile"}
+    stream_parts = set(options.parts) & {"stream", "naive", "sweep", "shadow", "profile"}
     with embedded_stack(
         logs,
         broker=bool(stream_parts),
@@ -346,9 +347,78 @@ def _with_servers(
             for variant in options.triton_sweep:
                 sweep["triton"].append(_triton_variant(options, variant, triton_part, logs))
                 results.save()
+        if part("shadow"):
+            results.data["shadow"] = _shadow_cost(options, base, broker, triton, inputs, run_id, logs)
+            results.save()
         if part("profile"):
             results.data["profile"] = _profile(options, base, broker, triton, inputs, run_id, logs)
             results.save()
+
+
+def _shadow_cost(
+    options: RunOptions,
+    base: StreamConfig,
+    broker: Any,
+    triton: Any,
+    inputs: BenchInputs,
+    run_id: str,
+    logs: Path,
+) -> dict[str, Any]:
+    """The micro-batched stream twice, back to back on the same servers: without a shadow, then with
+    `ECOM_SHADOW_VERSION` set to the version Triton serves (a version against itself: the whole cost of
+    the side path, no second model needed). Per run: rates and CPU per event of the worker and Triton,
+    and how many rows the shadow compared or dropped."""
+    from benchmarks.stream import StreamRun, run_config
+    from streams.rollout_cli import ModelControl
+
+    class MetricsAtStop(StreamRun):
+        final_metrics = ""
+
+        def stop(self) -> None:
+            with contextlib.suppress(Exception):
+                self.final_metrics = self.worker.metrics()
+            super().stop()
+
+    control = ModelControl(triton.grpc_url, "ecom_fusion", None)
+    version = max(control.ready_versions(), key=int)
+    control.client.close()
+    out: dict[str, Any] = {"shadow_version": version}
+    for label, env in (("off", {}), ("on", {"ECOM_SHADOW_VERSION": version})):
+        run = MetricsAtStop(
+            replace(base, name=f"shadow-{label}"),
+            broker,
+            triton,
+            run_id,
+            logs,
+            extra_env={**options.worker_env, **env},
+            workers=options.workers,
+        )
+        result = run_config(
+            run,
+            inputs,
+            kinds=options.kinds,
+            duration=options.sweep_duration,
+            warmup=options.warmup,
+            backlog=options.backlog,
+            fractions=(0.5,),
+        )
+        result["shadow"] = shadow_counts(run.final_metrics)
+        out[label] = result
+    return out
+
+
+def shadow_counts(metrics_text: str) -> dict[str, float]:
+    """What the shadow did in a worker's life: rows compared, agreeing, dropped (by reason)."""
+    from tooling.promtext import metric_sum
+
+    counts = {
+        "compared_rows": metric_sum(metrics_text, "ecom_model_rows_total", role="shadow"),
+        "agree": metric_sum(metrics_text, "ecom_shadow_agreement_total", outcome="agree"),
+        "disagree": metric_sum(metrics_text, "ecom_shadow_agreement_total", outcome="disagree"),
+    }
+    for reason in ("queue_full", "timeout", "error"):
+        counts[f"dropped_{reason}"] = metric_sum(metrics_text, "ecom_shadow_dropped_total", reason=reason)
+    return counts
 
 
 # What model.py imports beyond torch/transformers/numpy/pillow: the project and the base encoders.
@@ -495,7 +565,20 @@ def summarise(data: dict[str, Any], options: RunOptions) -> dict[str, Any]:
             "latency_at_half": half["latency"] if half else None,
             "latency_at_half_rate": half["offered_events_per_s"] if half else None,
             "naive_latency_at_half": naive_half["latency"] if naive_half else None,
+            **shadow_summary(data.get("shadow", {}), kind),
         }
+    return out
+
+
+def shadow_summary(shadow: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Saturated rate and CPU per event (worker, Triton) without and with the shadow, for one kind."""
+    out: dict[str, Any] = {}
+    for label in ("off", "on"):
+        saturated = shadow.get(label, {}).get("kinds", {}).get(kind, {}).get("saturated", {})
+        cpu = saturated.get("during_window", {}).get("cpu_ms_per_event", {})
+        out[f"shadow_{label}_events_per_s"] = saturated.get("events_per_s")
+        out[f"shadow_{label}_worker_cpu_ms_per_event"] = cpu.get("worker")
+        out[f"shadow_{label}_triton_cpu_ms_per_event"] = cpu.get("triton")
     return out
 
 
