@@ -46,12 +46,15 @@ def two_version_repository(
     instances: int | None = None,
     names: dict[int, str] | None = None,
     source: Path = MODEL_DIR,
+    copy_of_one: bool = False,
 ) -> tuple[Path, dict[int, str]]:
     """A model repository under `target` with `ecom_fusion` versions 1 and 2, `serve` loaded at start.
 
-    Version 2 is the project's own version 2 when it has one, else a copy of version 1. Each version's
-    name is pinned (`model_version_name@<v>`); `instances` overrides the CPU instance count (a lighter
-    server for tests). Returns the repository and how each version was made, for the output."""
+    Version 2 is the project's own version 2 when it has one (unless `copy_of_one`: the tests' choice,
+    independent of any second model), else a copy of version 1. Every version gets a name of its own
+    (`model_version_name@<v>`: `names`, else the config's, else one made from the model's name and
+    marked as a copy where it is one); `instances` overrides the CPU instance count (a lighter server
+    for tests). Returns the repository and how each version was made, for the output."""
     model = target / "ecom_fusion"
     model.mkdir(parents=True)
     for item in source.iterdir():
@@ -63,12 +66,14 @@ def two_version_repository(
     origin = {1: "version 1 of triton_models/ecom_fusion"}
     skip = shutil.ignore_patterns("__pycache__", "*.png")
     shutil.copytree(source / "1", model / "1", ignore=skip)
-    if 2 in have:
+    copied = 2 not in have or copy_of_one
+    if not copied:
         shutil.copytree(source / "2", model / "2", ignore=skip)
         origin[2] = "version 2 of triton_models/ecom_fusion"
     else:
         shutil.copytree(source / "1", model / "2", ignore=skip)
-        origin[2] = "a copy of version 1 (the repository has no version 2 yet): the same model, renumbered"
+        why = " (the repository has no version 2 yet)" if 2 not in have else ""
+        origin[2] = f"a copy of version 1{why}: the same model, renumbered"
     text = (model / "config.pbtxt").read_text()
     policy = f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in serve)} ] }} }}"
     text, found = re.subn(r"(?m)^version_policy:.*$", policy, text)
@@ -80,11 +85,11 @@ def two_version_repository(
             f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]",
             text,
         )
-    base = re.search(r'key: "model_version_name" value \{ string_value: "([^"]*)"', text)
-    base_name = base.group(1) if base else "ecom_fusion"
+    declared = dict(re.findall(r'key: "model_version_name(@\d+)?" value \{ string_value: "([^"]*)"', text))
+    one = declared.get("@1", declared.get("", "ecom_fusion"))
     pinned = {
-        1: f"{base_name} (v1)",
-        2: f"{base_name} (v2, copy of v1)" if 2 not in have else f"{base_name} (v2)",
+        1: one if "@1" in declared else f"{one} (v1)",
+        2: f"{one} (v2, a copy of v1)" if copied else declared.get("@2", "ecom_fusion version 2"),
     }
     pinned |= names or {}
     text = re.sub(r'(?m)^parameters \{ key: "model_version_name@\d+".*\n', "", text)

@@ -40,7 +40,9 @@ V1, V2 = "ecom_fusion test (v1)", "ecom_fusion test (v2)"
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("two-versions")
-    repository, _ = two_version_repository(root / "models", serve=(1,), instances=1, names={1: V1, 2: V2})
+    repository, _ = two_version_repository(
+        root / "models", serve=(1,), instances=1, names={1: V1, 2: V2}, copy_of_one=True
+    )
     with TritonServer(repository, ["ecom_fusion"], log_dir=root) as server:
         yield server
 
