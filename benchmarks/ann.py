@@ -57,6 +57,9 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 CANDIDATES = ("hnswlib", "faiss-hnsw", "faiss-ivf", "usearch-f32", "usearch-f16")
+# The module each candidate needs, and the versions measured (docs/recommendations.md).
+LIBRARY = {c: c.split("-")[0] for c in CANDIDATES}
+PINS = {"hnswlib": "hnswlib==0.8.0", "faiss": "faiss-cpu==1.15.1", "usearch": "usearch==2.26.6"}
 DEFAULT_EFS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 DEFAULT_NPROBES = (4, 8, 16, 32, 64, 128)
 
@@ -329,6 +332,12 @@ class Job:
     target_recall: float
 
 
+def installed(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
 def rss_bytes() -> int:
     """The resident set of this process (Linux /proc); 0 where it cannot be read."""
     try:
@@ -472,6 +481,12 @@ def run_ann(options: AnnOptions, *, in_process: bool = False) -> dict[str, Any]:
     unknown = set(options.candidates) - set(CANDIDATES)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}; known: {', '.join(CANDIDATES)}")
+    missing = sorted({LIBRARY[c] for c in options.candidates if not installed(LIBRARY[c])})
+    if missing:
+        raise ValueError(
+            f"not installed: {', '.join(missing)}; pip install {' '.join(PINS[m] for m in missing)} "
+            "(only hnswlib, the chosen index, is a dependency of the project)"
+        )
     if options.n < 2 or options.k < 1 or options.queries < 1:
         raise ValueError("need n >= 2, k >= 1 and at least one query")
     started, cpu_started = time.perf_counter(), time.process_time()
