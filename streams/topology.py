@@ -2,7 +2,7 @@
 
 Everything else is built from this table: the Faust agents (`streams.app`), the pipeline's dispatch
 (`streams.pipeline`), the topics to create and the metrics' initial label sets (`streams.topics`,
-`streams.metrics`), and the topic table of docs/architecture.md (`python -m streams docs`). Adding an
+`streams.metrics`), and the topic table of docs/architecture.md and the event contracts (`python -m tooling.contracts`). Adding an
 input is one `Route`: its event schema, its step, its output and the output's key.
 
     input topic        event schema          step                    output topic          key
@@ -161,14 +161,3 @@ def route_for(input_topic: str) -> Route:
         if route.input == input_topic:
             return route
     raise KeyError(input_topic)
-
-
-def topic_table_markdown() -> str:
-    """The topic table of the docs, rendered from the routes."""
-    lines = ["| input topic | output topic | key | what is added |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{r.input}` | `{r.output}` | `{r.key}` | {r.adds} |" for r in ROUTES]
-    lines.append(
-        "| every input | `<input>.dlq` | the source key "
-        "| the error, the source coordinates, the original record |"
-    )
-    return "\n".join(lines) + "\n"
