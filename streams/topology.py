@@ -2,8 +2,9 @@
 
 Everything else is built from this table: the Faust agents (`streams.app`), the pipeline's dispatch
 (`streams.pipeline`), the topics to create and the metrics' initial label sets (`streams.topics`,
-`streams.metrics`), and the topic table of docs/architecture.md and the event contracts (`python -m tooling.contracts`). Adding an
-input is one `Route`: its event schema, its step, its output and the output's key.
+`streams.metrics`), the topic table of docs/architecture.md and the event contracts
+(`python -m tooling.contracts`). Adding an input is one `Route`: its event schema, its step, its output
+and the output's key.
 
     input topic        event schema          step                    output topic          key
     reviews            ReviewEvent           enrich.review_step      review-sentiment      review_id
