@@ -2,7 +2,7 @@
 
 A load point is `concurrency` x `rows` (e.g. 64x1: 64 clients each with one single-row request
 outstanding, what a naive service sends; 2x32: two 32-row requests outstanding, what the micro-batcher
-sends). The client is the service's own (`streams.inference.TritonModel`, one gRPC channel), so the
+sends). The client is the service's own (`streams.triton_client.TritonModel`, one gRPC channel), so the
 figures are what the worker can get from Triton. Triton's own counters give the batch it executed.
 """
 
@@ -94,7 +94,8 @@ async def _run_point(
     warmup: float,
     deadline_s: float,
 ) -> dict[str, Any]:
-    from streams.inference import ModelInput, TritonModel
+    from streams.contract import ModelInput
+    from streams.triton_client import TritonModel
 
     client = TritonModel(url, model_name, timeout=deadline_s)
     source = cycle([ModelInput(text=t, image=i) for t, i in rows])

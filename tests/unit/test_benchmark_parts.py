@@ -156,7 +156,7 @@ def test_events_are_what_the_service_accepts_and_rows_what_it_sends() -> None:
 
 
 def _as_input(row: tuple[bytes, bytes]) -> object:
-    from streams.inference import ModelInput
+    from streams.contract import ModelInput
 
     return ModelInput(text=row[0], image=row[1])
 
