@@ -59,6 +59,7 @@ async def produce(
         **client_options(settings),
         acks="all",
         linger_ms=5,
+        compression_type=settings.producer_compression,
         max_request_size=max(2_000_000, settings.max_message_bytes * 2),
     )
     await producer.start()
