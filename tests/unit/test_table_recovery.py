@@ -56,7 +56,7 @@ def test_the_decision(
     assert faust_would_raise(new_offset, new_highwater) == (outcome == "inconsistent")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def app() -> Iterator[EnrichmentApp]:
     settings = Settings(kafka_bootstrap="kafka://127.0.0.1:1", topic_prefix="t-")
     app = create_app(settings, model=FakeModel(), publisher=RecordingPublisher())
