@@ -391,7 +391,7 @@ sentiment 0.680, department 0.888, Fashion-MNIST 0.925 (its card lists the runs 
 2. How deep to tune the image tower, measured in 30-step runs (960 reviews, 3,000 images): 4.7 s per
    step with blocks 8+ and 5.5 s with blocks 5+ (the 80-channel stage too), validation Fashion-MNIST
    0.734 against 0.750, within the noise of so short a run (load average about 4; version 1 took
-   1.4 s per step on a quiet machine). Blocks 8+
+   1.5 s per step on a quiet machine). Blocks 8+
    were kept for the time; blocks 5+ were not run in full.
 3. Epochs: a two-epoch run was started first; on the machine shared with other work (load average
    5-8 on 2 cores) its frozen-part caches alone took 32 min, so it was stopped once they were on disk.
