@@ -41,6 +41,16 @@ def new_app(data_dir: Path, store: str = "rocksdb://") -> EnrichmentApp:
     return app
 
 
+@pytest.fixture(autouse=True)
+def current_event_loop() -> Iterator[None]:
+    """Faust's futures take the current event loop; a sync test has none once an async test has run."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
 @pytest.fixture
 def apps(tmp_path: Path) -> Iterator[list[EnrichmentApp]]:
     """Apps made by a test; their databases are closed at the end (RocksDB locks them per process)."""
