@@ -20,10 +20,13 @@ measures them against each other (docs/model.md has the figures and the choice).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +62,18 @@ class _ImageTower(nn.Module):
         return out
 
 
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and tracer warnings of the exporters
+        yield
+
+
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, names: list[str], axes: Any) -> None:
     module.eval()
-    with torch.inference_mode(False), torch.no_grad():
+    # The exporters trace with torch.jit.trace, which torch deprecates (a warning, an error under
+    # `-W error`); the traced graphs are checked against torch by tests/unit/test_fusion_fast.py.
+    with torch.inference_mode(False), torch.no_grad(), _quiet_tracing():
         torch.onnx.export(
             module,
             args,
@@ -115,7 +127,7 @@ def build_openvino(net: FusionNet, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     size = net.config.image_size
     ids = torch.ones(2, 16, dtype=torch.long)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), _quiet_tracing():
         text = ov.convert_model(
             _TextTower(net).eval(),
             example_input=(ids, ids.clone()),

@@ -32,7 +32,7 @@ def _images() -> list[np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("runtime", "precision", "tolerance"),
-    [("openvino", "f32", 1e-3), ("openvino", "", 0.05), ("onnxruntime-int8", "", 0.05)],
+    [("openvino", "f32", 1e-3), ("openvino", "", 0.1), ("onnxruntime-int8", "", 0.1)],
 )
 def test_fast_runtime_matches_torch(runtime: str, precision: str, tolerance: float, tmp_path: Path) -> None:
     pytest.importorskip("openvino" if runtime == "openvino" else "onnxruntime")
