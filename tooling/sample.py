@@ -42,7 +42,7 @@ class SampleEvent:
     value: bytes
     event_id: str
     expect: Expect
-    reason: str | None = None  # for expect == "dlq": the error class the envelope must name
+    reason: str | None = None  # for expect == "dlq": the error class the dead letter must name
     truth: dict[str, Any] = field(default_factory=dict)  # e.g. the rating or the Fashion-MNIST class
     fresh_ts: bool = False  # a JSON object whose `ts` is set when it is produced
 
