@@ -5,14 +5,16 @@
 - `popularity`: item statistics and the most-popular boards;
 - `content`: product-embedding similarity (cold start);
 - `ranker`: candidates, features and the weighted blend;
-- `engine`: the user step and the item step the agents run, and an in-process runner.
+- `engine`: the user step and the item updates it sends; `service`: the three entry points the agents
+  call (the item step among them); `wiring`: the one wiring of them over the tables.
 
-Its evaluation (offline and through the running service) is tooling: `tooling.recommend_eval`.
+Its evaluation (offline and through the running service) is tooling: `tooling.recommend_eval`, where
+`local.LocalRecommender` drives the one wiring in a single process.
 """
 
 from streams.recommend.config import SOURCES, RecommenderConfig, Weights
 from streams.recommend.content import ContentIndex
-from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, item_step, user_step
+from streams.recommend.engine import Click, ItemUpdate, user_step
 from streams.recommend.ranker import GlobalView, ScoredProduct, recommend
 from streams.recommend.state import UserState
 
@@ -22,12 +24,10 @@ __all__ = [
     "ContentIndex",
     "GlobalView",
     "ItemUpdate",
-    "LocalRecommender",
     "RecommenderConfig",
     "ScoredProduct",
     "UserState",
     "Weights",
-    "item_step",
     "recommend",
     "user_step",
 ]

@@ -1,41 +1,27 @@
-"""The recommender's two processing steps, and an in-process runner that wires them like the service.
+"""The recommender's user step, and the item updates it sends.
 
 The service splits the work by key, because clicks are keyed by user and neighbour rows by item:
 
     clickstream (key user_id) --> user_step(state, click) --> new user state (user table)
                                    |                 \\--> recommend(state, global view) --> recommendations
                                    v
-            item updates (internal topic, key item) --> item_step(row, stats, update)
-                                      --> the item's neighbour row and stats, and its partition's
-                                          popularity board (global tables: one writer, every worker reads)
+            item updates (internal topic, key item, partition `partition_of`)
+                --> ItemUpdateApplier (streams.recommend.service): the item's neighbour row and stats, and
+                    its partition's popularity board (global tables: one writer, every worker reads)
 
-`LocalRecommender` runs exactly these steps on plain dicts in one process (the offline evaluator and
-the unit tests use it). Like the service, it ranks a click before the click's own item updates reach
-the global state: they travel through a topic there.
+`streams.recommend.wiring` wires them over the tables, for the worker and in one process.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.content import ContentIndex
-from streams.recommend.cooccurrence import Row, apply_updates, decode_row, group_by_item, pair_updates
+from streams.recommend.cooccurrence import group_by_item, pair_updates
 from streams.recommend.errors import CorruptState, InvalidClick
-from streams.recommend.popularity import (
-    BoardEntry,
-    Stats,
-    apply_item_event,
-    decode_stats,
-    merge_boards,
-    update_board,
-)
-from streams.recommend.ranker import GlobalView, ScoredProduct, recommend
 from streams.recommend.state import UserState
 
 
@@ -110,119 +96,7 @@ def user_step(state: UserState, click: Click, config: RecommenderConfig) -> list
     return updates
 
 
-def item_step(
-    row: Row | None, stats: Stats | None, update: ItemUpdate, config: RecommenderConfig
-) -> tuple[Row, Stats]:
-    """Apply one item update to the item's neighbour row and stats (both modified in place)."""
-    if update.pairs:
-        row = apply_updates(row, update.pairs, config.neighbour_capacity)
-    stats = apply_item_event(
-        stats, update.weight, update.purchase, update.repeat, update.ts, config.popularity_half_life_s
-    )
-    return row or {}, stats
-
-
 def partition_of(item: str, partitions: int) -> int:
-    """A stable item -> partition map for the in-process runner (Kafka uses murmur2 on the key)."""
+    """The partition of the internal topic an item's updates go to: a stable map, so each item's rows
+    keep one writer (not Kafka's murmur2: the sender picks the partition)."""
     return zlib.crc32(item.encode()) % partitions
-
-
-class LocalRecommender:
-    """Every table of the service as a dict, and the steps applied in the service's order."""
-
-    def __init__(self, config: RecommenderConfig, partitions: int = 4) -> None:
-        self.config = config
-        self.partitions = partitions
-        self.users: dict[str, UserState] = {}  # table, keyed by user
-        self.neighbours: dict[str, Row] = {}  # global table, keyed by item (space-saving rows)
-        self.stats: dict[str, Stats] = {}  # global table
-        self.boards: dict[int, list[BoardEntry]] = {}  # global table, keyed by item partition
-        self.embeddings: dict[str, list[float]] = {}  # global table, from product-categories
-        self.content = ContentIndex()  # built from the embeddings
-        self._popular: list[tuple[str, float]] | None = None
-        self._now = 0.0
-
-    def observe(self, click: Click) -> tuple[UserState, list[ItemUpdate]]:
-        state = self.users.get(click.user_id) or UserState()
-        updates = user_step(state, click, self.config)  # raises before changing anything
-        self.users[click.user_id] = state
-        self._now = max(self._now, click.ts)
-        return state, updates
-
-    def apply(self, updates: Iterable[ItemUpdate]) -> None:
-        for u in updates:
-            row, stats = item_step(self.neighbours.get(u.item), self.stats.get(u.item), u, self.config)
-            if row:
-                self.neighbours[u.item] = row
-            self.stats[u.item] = stats
-            if u.weight > 0:
-                p = partition_of(u.item, self.partitions)
-                self.boards[p] = update_board(
-                    self.boards.get(p),
-                    u.item,
-                    stats,
-                    self.config.popular_board_size,
-                    self.config.popularity_half_life_s,
-                )
-                self._popular = None
-
-    def view(self, now: float | None = None) -> GlobalView:
-        now = self._now if now is None else now
-        if self._popular is None or self.config.popularity_half_life_s is not None:
-            self._popular = merge_boards(
-                self.boards.values(), now, self.config.popular_board_size, self.config.popularity_half_life_s
-            )
-        return GlobalView(self.neighbours, self.stats, self._popular, self.content, now)
-
-    def recommend(self, user_id: str, now: float | None = None) -> list[ScoredProduct]:
-        state = self.users.get(user_id) or UserState()
-        return recommend(state, self.view(now), self.config)
-
-    def on_click(self, click: Click, rank: bool = True) -> list[ScoredProduct] | None:
-        """The whole path of one click: state, recommendation, then the global updates."""
-        state, updates = self.observe(click)
-        recs = recommend(state, self.view(click.ts), self.config) if rank else None
-        self.apply(updates)
-        return recs
-
-    def on_product(self, product_id: str, embedding: Any) -> None:
-        self.content.upsert(product_id, embedding)  # raises InvalidEmbedding before storing
-        vector = self.content.vector(product_id)
-        assert vector is not None
-        self.embeddings[product_id] = [round(float(x), 7) for x in vector]
-
-    # --- the tables as their changelogs hold them ---------------------------------------------------
-    def tables(self) -> dict[str, dict[str, Any]]:
-        """Every table as JSON-able key -> value, exactly what its changelog would replay."""
-        return {
-            "users": {k: v.to_json() for k, v in self.users.items()},
-            "neighbours": self.neighbours,
-            "item_stats": self.stats,
-            "popular_boards": {str(k): v for k, v in self.boards.items()},
-            "embeddings": self.embeddings,
-        }
-
-    @classmethod
-    def from_tables(
-        cls, config: RecommenderConfig, tables: Mapping[str, Mapping[str, Any]], partitions: int = 4
-    ) -> LocalRecommender:
-        """A recommender rebuilt from table values only (what a restarted worker recovers)."""
-        rec = cls(config, partitions)
-        rec.users = {k: UserState.from_json(v) for k, v in tables["users"].items()}
-        rec.neighbours = {k: decode_row(v) for k, v in tables["neighbours"].items()}
-        rec.stats = {k: decode_stats(v) for k, v in tables["item_stats"].items()}
-        rec.boards = {int(k): [list(e) for e in v] for k, v in tables["popular_boards"].items()}
-        for product_id, vector in tables["embeddings"].items():
-            rec.on_product(product_id, vector)
-        rec._now = max((s.last_ts or 0.0 for s in rec.users.values()), default=0.0)
-        return rec
-
-    def table_bytes(self) -> dict[str, dict[str, int]]:
-        """Serialised size (orjson, keys + values) and entries of each table."""
-        return {
-            name: {
-                "entries": len(table),
-                "bytes": sum(len(k.encode()) + len(orjson.dumps(v)) for k, v in table.items()),
-            }
-            for name, table in self.tables().items()
-        }

@@ -152,9 +152,11 @@ class BlendedRecommender:
             # Assigning (not mutating in place) is what writes the table's changelog.
             self.users[c.user_id] = stored
             resend = updates
-        config = self.config if k == self.config.k else dataclasses.replace(self.config, k=k)
-        view = GlobalView(self.neighbours, self.item_stats, self.popular.get(c.ts), self.content, c.ts)
-        recs = recommend(state, view, config)
+        recs: list[ScoredProduct] = []
+        if k > 0:  # k = 0: the click is recorded, not answered (an in-process replay of history)
+            config = self.config if k == self.config.k else dataclasses.replace(self.config, k=k)
+            view = GlobalView(self.neighbours, self.item_stats, self.popular.get(c.ts), self.content, c.ts)
+            recs = recommend(state, view, config)
         # The global rows change after this click is answered, through the item-keyed topic.
         durable = asyncio.ensure_future(self.send_updates(resend, origin)) if resend is not None else None
         return [scored_item(r) for r in recs], durable

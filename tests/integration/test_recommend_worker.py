@@ -1,8 +1,8 @@
 """The recommender's state in the running service: recovered after a kill, shared by two workers.
 
 Real broker, real Triton (the worker's readiness needs it), real worker processes, Instacart clicks.
-A reference `LocalRecommender` runs the same clicks in this process (the same steps, on dicts): the
-state the service holds, reads back and answers with must match it.
+A reference `LocalRecommender` runs the same clicks in this process (the service's own wiring, over
+dicts): the state the service holds, reads back and answers with must match it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.engine import Click, LocalRecommender
+from streams.recommend.engine import Click
 from streams.settings import Settings
 from streams.topics import create_topics
 from tooling.embedded.worker import WorkerProcess
+from tooling.recommend_eval.local import LocalRecommender
 from tooling.recommend_eval.protocol import clicks_from_frame, load_orders, synthesise_clicks
 from tooling.recommend_eval.through_service import click_event, wait_item_updates_applied
 from tooling.replay import Accounting, replay_and_collect
@@ -149,7 +150,7 @@ def test_state_is_recovered_from_the_changelog_after_a_kill(
     before_users = {u: user_state(worker, u) for u in users}
     before_items = {i: item_rows(worker, i) for i in items}
     for u in users:
-        assert state_only(before_users[u]) == json.loads(json.dumps(ref.users[u].to_json())), u
+        assert state_only(before_users[u]) == ref.users[u], u
     for i in items:
         assert_rows_match(before_items[i], ref, i)
 
@@ -319,7 +320,7 @@ def assert_applied_once(
     asyncio.run(wait_item_updates_applied(settings, wait_s=120))
     ref = reference(clicks)
     reader = workers[-1]
-    doubled = [u for u in users if state_only(user_state(reader, u)) != ref.users[u].to_json()]
+    doubled = [u for u in users if state_only(user_state(reader, u)) != ref.users[u]]
     assert doubled == [], f"{len(doubled)} of {len(users)} shoppers differ from their clicks applied once"
     items = sorted(ref.stats)
     wait_until(

@@ -7,8 +7,9 @@ import pytest
 
 from streams.recommend.config import RecommenderConfig, Weights
 from streams.recommend.content import ContentIndex, check_embedding
-from streams.recommend.engine import Click, LocalRecommender
+from streams.recommend.engine import Click
 from streams.recommend.errors import InvalidEmbedding
+from tooling.recommend_eval.local import LocalRecommender
 
 
 def unit(*values: float) -> list[float]:

@@ -1,4 +1,5 @@
-"""The two processing steps and the in-process runner: messages, ordering, recovery from table values."""
+"""The user step, its item updates, and the recommender in one process: ordering, bad input, recovery from
+the stored table values."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import orjson
 import pytest
 
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, item_step, user_step
+from streams.recommend.engine import Click, ItemUpdate, user_step
 from streams.recommend.errors import CorruptState, InvalidClick, InvalidEmbedding
+from streams.recommend.service import ItemMessage, ItemUpdateApplier
 from streams.recommend.state import UserState
+from streams.recommend.versioned import Versioned, version_of
+from streams.topology import TABLE_NEIGHBOURS, TABLE_USERS
+from tooling.recommend_eval.local import LocalRecommender
 
 CFG = RecommenderConfig(k=5)
 
@@ -36,11 +41,15 @@ def test_item_updates_round_trip_through_json() -> None:
         ItemUpdate.from_json({"item": "b"})
 
 
-def test_item_step_builds_rows_and_stats() -> None:
-    row, stats = item_step(None, None, ItemUpdate("a", (("b", 1.0),), 1.0, True, False, 5.0), CFG)
-    assert row == {"b": [1.0, 0.0]} and stats == [1.0, 1.0, 5.0, 1.0, 0.0]
-    row, stats = item_step(row, stats, ItemUpdate("a", (("b", 1.0), ("c", 1.0)), 0.0, False, False, 6.0), CFG)
-    assert row == {"b": [2.0, 0.0], "c": [1.0, 0.0]} and stats[0] == 1.0
+def test_item_updates_build_rows_and_stats() -> None:
+    rows: dict[str, object] = {}
+    stats: dict[str, object] = {}
+    applier = ItemUpdateApplier(CFG, Versioned(rows), Versioned(stats), {})
+    applier.apply_message(ItemMessage([ItemUpdate("a", (("b", 1.0),), 1.0, True, False, 5.0)], None, 0), 0)
+    assert Versioned(rows)["a"] == {"b": [1.0, 0.0]} and Versioned(stats)["a"] == [1.0, 1.0, 5.0, 1.0, 0.0]
+    update = ItemUpdate("a", (("b", 1.0), ("c", 1.0)), 0.0, False, False, 6.0)
+    applier.apply_message(ItemMessage([update], None, 0), 0)
+    assert Versioned(rows)["a"] == {"b": [2.0, 0.0], "c": [1.0, 0.0]} and Versioned(stats)["a"][0] == 1.0
 
 
 def test_a_click_is_ranked_before_its_own_updates_arrive() -> None:
@@ -59,6 +68,8 @@ def test_a_bad_click_changes_nothing() -> None:
         rec.on_click(click("1", "", "s", "a", 1.0))
     with pytest.raises(InvalidClick):
         rec.on_click(click("1", "u", "s", "a", 1.0, action="wishlist"))
+    with pytest.raises(InvalidClick):
+        rec.on_click(click("1", "u", "s", "a", float("nan")))
     assert rec.users == {} and rec.stats == {}
     with pytest.raises(InvalidEmbedding):
         rec.on_product("p", [1.0, 1.0])
@@ -76,6 +87,9 @@ def test_a_recommender_rebuilt_from_its_table_values_answers_the_same() -> None:
     rec.on_product("p1", [0.6, 0.8])
     rec.on_product("new", [0.8, 0.6])
     tables = orjson.loads(orjson.dumps(rec.tables()))
+    # The stored forms: user records as the users table holds them, replicated values versioned.
+    assert UserState.from_json(tables[TABLE_USERS]["u1"]) == rec.user("u1")
+    assert all(version_of(v) >= 1 for v in tables[TABLE_NEIGHBOURS].values())
     twin = LocalRecommender.from_tables(CFG, tables)
     for n, (user, p) in enumerate([("u1", "p1"), ("u2", "p3"), ("stranger", "p1"), ("u1", "p4")]):
         t += 1

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from streams.recommend.config import RecommenderConfig, Weights
-from streams.recommend.engine import Click, LocalRecommender
+from streams.recommend.engine import Click
 from streams.recommend.ranker import Candidates, GlobalView, blend, candidate_features, recommend
 from streams.recommend.state import UserState
+from tooling.recommend_eval.local import LocalRecommender
 
 # Explicit weights and plain "bought together" counts: these tests are about the mechanics, not
 # about the tuned values.
@@ -97,8 +98,12 @@ def test_blend_scores_are_the_weighted_sum_and_ties_break_by_id() -> None:
 def test_features_lie_in_the_unit_interval() -> None:
     rec = trained()
     rec.on_click(click("h", "u", "h", "salsa", 60.0))
-    state, _ = rec.observe(click("c", "u", "now", "chips", 90.0))
-    cands = candidate_features(state, rec.view(), CFG)
+    ranked_on: list[Candidates] = []
+    rec.on_click(
+        click("c", "u", "now", "chips", 90.0),
+        ranked_on=lambda state, view: ranked_on.append(candidate_features(state, view, CFG)),
+    )
+    (cands,) = ranked_on
     assert cands.features.shape == (len(cands.ids), 5)
     assert float(cands.features.min()) >= 0.0 and float(cands.features.max()) <= 1.0 + 1e-9
 

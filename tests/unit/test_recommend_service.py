@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 import pytest
 
 from streams.events import ClickEvent
 from streams.recommend.config import RecommenderConfig, Weights
-from streams.recommend.content import ContentIndex
-from streams.recommend.dedup import Origin
 from streams.recommend.errors import InvalidEmbedding
-from streams.recommend.service import (
-    BlendedRecommender,
-    EmbeddingSink,
-    ItemUpdateApplier,
-    decode_message,
-    encode_message,
-)
-from streams.recommend.versioned import Versioned
+from streams.recommend.service import decode_message
+from streams.recommend.wiring import DictTables, build_recommender
+from streams.topology import TABLE_EMBEDDINGS, TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_POPULAR, TABLE_USERS
 
 CFG = RecommenderConfig(
     k=5, weights=Weights(history=1.0, history_repeat=1.0, cooccurrence=0.5, content=0.3, popularity=0.05)
@@ -29,32 +20,22 @@ CFG = RecommenderConfig(
 
 
 class Wiring:
-    """Two 'workers' sharing the global tables, with the internal topic as a list."""
+    """The recommender's one wiring over dicts (one partition), with the internal topic as a list. The
+    tables are seen as the logic sees them (replicated values without their versions)."""
 
     def __init__(self) -> None:
-        self.users: dict[str, Any] = {}
-        self.neighbours: dict[str, Any] = {}
-        self.stats: dict[str, Any] = {}
-        self.boards: dict[str, Any] = {}
-        self.embeddings: dict[str, Any] = {}
-        self.content = ContentIndex()
         self.topic: list[bytes] = []
-        self.rec = BlendedRecommender(
-            CFG,
-            self.users,
-            Versioned(self.neighbours),
-            Versioned(self.stats),
-            Versioned(self.boards),
-            self.content,
-            self.send,
-        )
-        self.items = ItemUpdateApplier(
-            CFG, Versioned(self.neighbours), Versioned(self.stats), Versioned(self.boards)
-        )
-        self.sink = EmbeddingSink(self.embeddings, self.content)
+        parts = build_recommender(CFG, 1, DictTables(), self.send)
+        self.users = parts.views[TABLE_USERS]
+        self.neighbours = parts.views[TABLE_NEIGHBOURS]
+        self.stats = parts.views[TABLE_ITEM_STATS]
+        self.boards = parts.views[TABLE_POPULAR]
+        self.embeddings = parts.views[TABLE_EMBEDDINGS]
+        self.rec, self.items, self.sink = parts.recommender, parts.applier, parts.sink
+        self.content = parts.sink.content
 
-    async def send(self, updates: Sequence[Mapping[str, Any]], origin: Origin | None) -> None:
-        self.topic.append(encode_message(updates, origin))
+    async def send(self, partition: int, value: bytes) -> None:
+        self.topic.append(value)
 
     def drain(self) -> None:
         for raw in self.topic:
@@ -83,8 +64,8 @@ async def test_clicks_update_the_tables_and_come_back_as_recommendations() -> No
         w.drain()
     assert set(w.users) == {"u0", "u1", "u2"}
     assert orjson.loads(orjson.dumps(w.users["u0"]))["s"] == [["chips", 1.0], ["salsa", 1.0]]
-    assert Versioned(w.neighbours)["chips"] == {"salsa": [3.0, 0.0]}
-    assert Versioned(w.stats)["salsa"][0] == 3.0 and Versioned(w.boards)["p0"]
+    assert w.neighbours["chips"] == {"salsa": [3.0, 0.0]}
+    assert w.stats["salsa"][0] == 3.0 and w.boards["p0"]
     items = await w.rec.recommend(click(99, "new", "s-new", "chips"), 3)
     assert items[0].product_id == "salsa"
     assert [i.product_id for i in items] == ["salsa"]  # chips is in the cart; nothing else is known
@@ -106,3 +87,13 @@ def test_sync_indexes_embeddings_written_elsewhere() -> None:
     w.embeddings["from-another-worker"] = [0.0, 1.0]
     assert w.sink.sync() == 1 and "from-another-worker" in w.content
     assert w.sink.sync() == 0
+
+
+async def test_a_click_asked_for_no_items_is_recorded_and_not_ranked() -> None:
+    w = Wiring()
+    await w.rec.recommend(click(1, "u1", "s1", "chips"), 5)
+    w.drain()
+    assert await w.rec.recommend(click(2, "u2", "s2", "salsa"), 0) == []
+    assert orjson.loads(orjson.dumps(w.users["u2"]))["s"] == [["salsa", 1.0]]
+    w.drain()
+    assert w.stats["salsa"][0] == 1.0  # its item updates were sent all the same

@@ -3,6 +3,7 @@ replicated values, the recommendation event a click becomes."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from streams_fakes import FakeModel, RecordingPublisher
 from streams.events import ClickEvent, Recommendation
 from streams.recommend.config import RecommenderConfig
 from streams.recommend.dedup import Origin
-from streams.recommend.engine import Click, ItemUpdate, LocalRecommender, partition_of
+from streams.recommend.engine import Click, ItemUpdate, partition_of, user_step
 from streams.recommend.errors import CorruptState, InvalidEmbedding
 from streams.recommend.service import (
     ItemMessage,
@@ -23,11 +24,14 @@ from streams.recommend.service import (
     encode_message,
     route_updates,
 )
+from streams.recommend.state import UserState
 from streams.recommend.versioned import Versioned, is_newer
-from streams.recommend.wiring import embedding_of, in_memory_recommender
+from streams.recommend.wiring import DictTables, build_recommender, embedding_of
 from streams.records import SourceRecord
 from streams.runtime import build_runtime
 from streams.settings import Settings
+from streams.topology import ITEM_UPDATES, TABLE_ITEM_STATS, TABLE_NEIGHBOURS, TABLE_POPULAR, TABLE_USERS
+from tooling.recommend_eval.local import LocalRecommender
 
 CFG = RecommenderConfig(k=5)
 
@@ -45,8 +49,8 @@ def shopping(seed: int, clicks: int = 400) -> list[Click]:
 
 
 def updates_of(clicks: list[Click]) -> list[list[ItemUpdate]]:
-    rec = LocalRecommender(CFG)
-    return [rec.observe(c)[1] for c in clicks]
+    states: dict[str, UserState] = {}
+    return [user_step(states.setdefault(c.user_id, UserState()), c, CFG) for c in clicks]
 
 
 def test_each_item_always_goes_to_the_same_partition_and_nothing_is_lost() -> None:
@@ -149,12 +153,20 @@ def test_rows_forget_clicks_below_the_committed_offset() -> None:
     assert Versioned(table)["a"][0] == 11.0  # eleven clicks, each counted once
 
 
-async def test_the_service_recommender_answers_like_the_reference_engine() -> None:
-    # The wrapper the worker runs (JSON through the internal topic, batched rows, the popular cache)
-    # gives the answers of the in-process engine that the offline evaluation scored.
+def test_the_workers_path_answers_like_the_in_process_reference() -> None:
+    # The worker's path: each click with its clickstream record (user records then keep `at`/`out`, rows
+    # the clicks they absorbed), its item updates as records of the internal topic, applied by the item
+    # agent's entry point. The in-process reference (the offline evaluation's) gives no origins and
+    # applies the updates itself. Same answers, same table values.
     reference = LocalRecommender(CFG, partitions=4)
-    service = in_memory_recommender(CFG, partitions=4)
-    for c in shopping(3):
+    sent: list[SourceRecord] = []
+
+    async def send(partition: int, value: bytes) -> None:
+        sent.append(SourceRecord(ITEM_UPDATES, partition, len(sent), None, value))
+
+    worker = build_recommender(CFG, 4, DictTables(), send, ITEM_UPDATES)
+    worker.recommender.popular.ttl_s = 0.0  # the popular list as the boards are at each click
+    for n, c in enumerate(shopping(3)):
         event = ClickEvent.model_validate(
             {
                 "event_id": c.event_id,
@@ -165,12 +177,21 @@ async def test_the_service_recommender_answers_like_the_reference_engine() -> No
                 "action": c.action,
             }
         )
-        got = await service.recommend(event, CFG.k)
+        got = asyncio.run(worker.recommender.recommend(event, CFG.k, Origin(0, n)))
         expected = reference.on_click(c)
         assert expected is not None
-        assert [(i.product_id, i.source) for i in got] == [(r.product_id, r.source) for r in expected]
-        # The stored user state keeps history scores to 6 decimals (UserState.to_json).
-        assert [i.score for i in got] == pytest.approx([r.score for r in expected], abs=1e-5)
+        assert [(i.product_id, i.score, i.source) for i in got] == [
+            (r.product_id, r.score, r.source) for r in expected
+        ]
+        asyncio.run(worker.apply_item_updates(sent))
+        sent.clear()
+    stored = reference.tables()
+    assert {
+        u: {k: v for k, v in r.items() if k not in ("at", "out")}
+        for u, r in worker.tables[TABLE_USERS].items()
+    } == stored[TABLE_USERS]
+    for name in (TABLE_NEIGHBOURS, TABLE_ITEM_STATS, TABLE_POPULAR):
+        assert dict(worker.views[name].items()) == dict(Versioned(stored[name]).items()), name
 
 
 def test_versioned_values_never_go_back() -> None:

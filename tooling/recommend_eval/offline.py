@@ -4,9 +4,10 @@
     python -m tooling.recommend_eval.offline --tune        # choose weights on validation, then test
     python -m tooling.recommend_eval.offline --set neighbour_top_n=20 --split test
 
-The Instacart sample is replayed click by click through the same steps the service runs
-(streams.recommend.engine), and scored at exactly the points the through-the-service evaluator scores
-(tooling.recommend_eval.protocol). The baselines consume the same clicks and answer the same points.
+The Instacart sample is replayed click by click through the recommender the service runs, wired over
+dicts in this process (tooling.recommend_eval.local), and scored at exactly the points the
+through-the-service evaluator scores (tooling.recommend_eval.protocol). The baselines consume the same
+clicks and answer the same points.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,10 @@ import numpy.typing as npt
 import orjson
 
 from streams.recommend.config import RecommenderConfig, Weights
-from streams.recommend.cooccurrence import decode_row
-from streams.recommend.engine import Click, LocalRecommender
-from streams.recommend.popularity import decode_stats
-from streams.recommend.ranker import Candidates, blend, candidate_features
+from streams.recommend.engine import Click
+from streams.recommend.ranker import Candidates, GlobalView, candidate_features
 from streams.recommend.state import UserState
+from tooling.recommend_eval.local import LocalRecommender
 from tooling.recommend_eval.protocol import (
     CoOccurrence,
     MostPopular,
@@ -51,7 +51,8 @@ from tooling.stats import percentile
 
 
 class Blended:
-    """The recommender as an OnlineRecommender, timing each ranked click and keeping its features."""
+    """The recommender as an OnlineRecommender, timing each ranked click (its whole path: answer, then
+    the item updates applied) and, for tuning, keeping the features it was ranked on."""
 
     def __init__(self, config: RecommenderConfig, partitions: int = 4, keep_features: bool = False) -> None:
         self.config = config
@@ -65,14 +66,14 @@ class Blended:
         if not rank:
             self.engine.on_click(click, rank=False)
             return None
+
+        def keep(state: UserState, view: GlobalView) -> None:
+            self.features[click.event_id] = candidate_features(state, view, self.config)
+
         t0 = time.perf_counter()
-        state, updates = self.engine.observe(click)
-        candidates = candidate_features(state, self.engine.view(click.ts), self.config)
-        recs = blend(candidates, self.config.weights, self.config.k)
-        self.engine.apply(updates)
+        recs = self.engine.on_click(click, ranked_on=keep if self.keep_features else None)
         self.latencies_s.append(time.perf_counter() - t0)
-        if self.keep_features:
-            self.features[click.event_id] = candidates
+        assert recs is not None
         self.sources[click.event_id] = [r.source for r in recs]
         return [r.product_id for r in recs]
 
@@ -177,22 +178,13 @@ def tune(
 
 # --- report -----------------------------------------------------------------------------------------
 def python_heap_bytes(tables: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Memory the decoded tables take as Python objects (what an in-memory Faust store holds).
-
-    Each table is decoded from its serialised form under tracemalloc, so its strings count too.
-    """
-    decoders: dict[str, Callable[[Any], Any]] = {
-        "users": UserState.from_json,
-        "neighbours": decode_row,
-        "item_stats": decode_stats,
-    }
+    """Memory each table takes as Python objects: its stored values as decoded from the changelog's JSON
+    (what an in-memory Faust store holds), strings included (tracemalloc)."""
     out: dict[str, int] = {}
-    for name, decode in decoders.items():
-        blob = orjson.dumps(tables[name])
+    for name, table in tables.items():
+        blob = orjson.dumps(table)
         tracemalloc.start()
-        raw = orjson.loads(blob)
-        decoded = {k: decode(v) for k, v in raw.items()}
-        del raw
+        decoded = orjson.loads(blob)
         out[name] = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         del decoded
@@ -308,9 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report[name]["python_heap_bytes"] = heap
         print("  state after the replay: serialised (orjson, keys + values) and as Python objects", file=out)
         for table, size in tables.items():
-            in_memory = f"{heap[table] / 1e6:>8.2f} MB" if table in heap else f"{'-':>11}"
+            in_memory = f"{heap[table] / 1e6:>8.2f} MB"
             print(
-                f"    {table:<16} {size['entries']:>8} entries {size['bytes'] / 1e6:>8.2f} MB {in_memory}",
+                f"    {table:<22} {size['entries']:>8} entries {size['bytes'] / 1e6:>8.2f} MB {in_memory}",
                 file=out,
             )
     report["config"] = config_as_dict(config)
