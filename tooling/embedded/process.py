@@ -89,6 +89,8 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
+                # Its children (Triton's Python stubs) may outlive it: they are in its process group.
+                self._signal_group(self.proc.pid, signal.SIGKILL)
                 raise ProcessStartError(
                     f"{self.name} exited with code {code} during start-up; last output:\n{self.tail()}"
                 )
@@ -106,7 +108,10 @@ class ManagedProcess:
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM to the process group we created, then SIGKILL after `grace` seconds."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            self._signal_group(proc.pid, signal.SIGKILL)  # children left behind by an exited leader
             return
         self._signal_group(proc.pid, signal.SIGTERM)
         try:
