@@ -12,8 +12,13 @@ in the same changelog record as the state it describes, what it has already abso
   only the last one can be unfinished);
 - every replicated row (neighbours, item stats, popularity boards) keeps the clicks it has absorbed,
   as `{clickstream partition: [offsets]}`. A message of a click the row has seen leaves it unchanged.
-  Offsets below the clickstream's committed offset can never come back (processing restarts from
-  there), so messages carry the sender's committed offset (`floor`) and rows forget what lies below.
+  Offsets below the clickstream's committed offset can never come back from the clickstream
+  (processing restarts from there), so messages carry the sender's committed offset (`floor`) and rows
+  forget what lies below;
+- the item agent itself reads its internal topic partition again after a crash or a rebalance, which
+  brings back messages of clicks the rows may have forgotten. A row is only ever written from one
+  partition of that topic, read in order, so it also keeps the last offset of that partition it has
+  absorbed (under the key `INTERNAL`) and skips messages at or below it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from streams.recommend.errors import CorruptState
 
 Applied = dict[str, list[int]]  # clickstream partition (as a string: JSON keys) -> offsets absorbed
+INTERNAL = "in"  # in `Applied`: [the last offset of the row's internal topic partition absorbed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +64,28 @@ def decode_applied(value: Any) -> Applied:
     return {str(p): list(offsets) for p, offsets in value.items()}
 
 
-def seen(applied: Applied, origin: Origin | None) -> bool:
+def seen(applied: Applied, origin: Origin | None, offset: int | None = None) -> bool:
+    """Whether the row has absorbed the message of this click, or this offset of its internal topic."""
+    if offset is not None and offset <= applied.get(INTERNAL, [-1])[0]:
+        return True
     return origin is not None and origin.offset in applied.get(str(origin.partition), ())
 
 
-def mark(applied: Applied, origin: Origin | None) -> None:
+def mark(applied: Applied, origin: Origin | None, offset: int | None = None) -> None:
     if origin is not None:
         offsets = applied.setdefault(str(origin.partition), [])
         if origin.offset not in offsets:
             offsets.append(origin.offset)
+    if offset is not None and offset > applied.get(INTERNAL, [-1])[0]:
+        applied[INTERNAL] = [offset]
 
 
 def prune(applied: Applied, floors: Mapping[int, int]) -> Applied:
     """What is still worth remembering: offsets at or above each partition's known committed offset."""
-    out: Applied = {}
+    out: Applied = {INTERNAL: applied[INTERNAL]} if INTERNAL in applied else {}
     for p, offsets in applied.items():
+        if p == INTERNAL:
+            continue
         floor = floors.get(int(p), 0)
         kept = sorted(o for o in offsets if o >= floor)
         if kept:

@@ -188,6 +188,7 @@ class ItemMessage:
     updates: list[ItemUpdate]
     origin: Origin | None  # the click's clickstream record (None from in-process tools)
     floor: int  # the sender's committed offset of that clickstream partition
+    offset: int | None = None  # where the item agent read it on the internal topic (not encoded)
 
 
 def encode_message(
@@ -253,19 +254,20 @@ class ItemUpdateApplier:
             origin = message.origin
             if origin is not None and message.floor > self.floors.get(origin.partition, -1):
                 self.floors[origin.partition] = message.floor
+            at = message.offset
             for u in message.updates:
                 st, st_applied = stats[u.item] if u.item in stats else self._stats(u.item)
-                if not seen(st_applied, origin):
+                if not seen(st_applied, origin, at):
                     st = apply_item_event(
                         st, u.weight, u.purchase, u.repeat, u.ts, config.popularity_half_life_s
                     )
-                    mark(st_applied, origin)
+                    mark(st_applied, origin, at)
                 stats[u.item] = (st, st_applied)
                 if u.pairs:
                     row, row_applied = rows[u.item] if u.item in rows else self._row(u.item)
-                    if not seen(row_applied, origin):
+                    if not seen(row_applied, origin, at):
                         row = apply_updates(row, u.pairs, config.neighbour_capacity)
-                        mark(row_applied, origin)
+                        mark(row_applied, origin, at)
                     rows[u.item] = (row, row_applied)
                 if u.weight > 0:
                     # A board holds each item's current popularity: putting it again is harmless.

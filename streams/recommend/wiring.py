@@ -16,6 +16,7 @@ Replicated values are stored versioned (`streams.recommend.versioned`); the logi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ class RecommenderParts:
         batch = []
         for record in records:
             try:
-                batch.append((decode_message(record.value), record.partition))
+                message = dataclasses.replace(decode_message(record.value), offset=record.offset)
+                batch.append((message, record.partition))
             except CorruptState as exc:
                 log.error("%s item updates not applied: %s", record.coords, exc)
         written = self.applier.apply_batch(batch)

@@ -4,7 +4,10 @@ replicated values, the recommendation event a click becomes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import random
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -160,9 +163,10 @@ def test_the_workers_path_answers_like_the_in_process_reference() -> None:
     # applies the updates itself. Same answers, same table values.
     reference = LocalRecommender(CFG, partitions=4)
     sent: list[SourceRecord] = []
+    offsets: dict[int, itertools.count[int]] = defaultdict(itertools.count)  # each partition's next offset
 
     async def send(partition: int, value: bytes) -> None:
-        sent.append(SourceRecord(ITEM_UPDATES, partition, len(sent), None, value))
+        sent.append(SourceRecord(ITEM_UPDATES, partition, next(offsets[partition]), None, value))
 
     worker = build_recommender(CFG, 4, DictTables(), send, ITEM_UPDATES)
     worker.recommender.popular.ttl_s = 0.0  # the popular list as the boards are at each click
@@ -247,3 +251,21 @@ async def test_a_click_becomes_one_recommendation_with_sources_and_its_latency()
         2000.0
     )
     await runtime.close()
+
+
+def test_the_item_agent_reading_its_topic_again_changes_no_row() -> None:
+    # The clicks are all committed (floor past them): rows forget their offsets, and only the internal
+    # topic's offset they keep stops a restarted item agent from applying its messages again.
+    committed = len(shopping(5))
+    messages = [
+        (dataclasses.replace(m, floor=committed, offset=n), p)
+        for n, (m, p) in enumerate(messages_of(shopping(5)))
+    ]
+    once: list[dict[str, Any]] = [{}, {}, {}]
+    ItemUpdateApplier(CFG, *(Versioned(t) for t in once)).apply_batch(messages)
+    again: list[dict[str, Any]] = [{}, {}, {}]
+    applier = ItemUpdateApplier(CFG, *(Versioned(t) for t in again))
+    applier.apply_batch(messages[:300])
+    applier.apply_batch(messages[120:])  # restarted at an earlier committed offset of the internal topic
+    assert plain(again) == plain(once)
+    assert all(set(applied) == {"in"} for table in plain(again)[:2] for _, applied in table.values())

@@ -140,9 +140,10 @@ async def test_item_updates_from_clicks_reach_the_global_tables(
         for key, value in sent:
             await ctx.put(orjson.dumps(value), key=key)
         await ctx.put(b"not json", key=b"p0")  # logged, not applied, the agent goes on
-    # Stored versioned, with the clicks absorbed: [version, value, {partition: [offsets]}]
-    # (streams.recommend.versioned, streams.recommend.dedup): the pair came from click c1 at offset 1.
-    assert app.tables[TABLE_NEIGHBOURS]["chips"] == [1, {"salsa": [1.0, 0.0]}, {"0": [1]}]
+    # Stored versioned, with what it absorbed: [version, value, {partition: [offsets], "in": [offset]}]
+    # (streams.recommend.versioned, streams.recommend.dedup): the pair came from click c1 at offset 1,
+    # read at offset 1 of the internal topic.
+    assert app.tables[TABLE_NEIGHBOURS]["chips"] == [1, {"salsa": [1.0, 0.0]}, {"0": [1], "in": [1]}]
     assert (
         app.tables[TABLE_ITEM_STATS]["salsa"][0] == 1 and app.tables[TABLE_ITEM_STATS]["salsa"][1][0] == 1.0
     )

@@ -26,11 +26,12 @@ from typing import Any
 
 from streams.events import ClickEvent, ScoredItem
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.dedup import Origin
-from streams.recommend.engine import Click
+from streams.recommend.dedup import INTERNAL, Origin
+from streams.recommend.engine import Click, partition_of
 from streams.recommend.errors import InvalidClick
 from streams.recommend.ranker import GlobalView, ScoredProduct
 from streams.recommend.state import UserState
+from streams.recommend.versioned import Versioned
 from streams.recommend.wiring import DictTables, build_recommender
 from streams.records import SourceRecord
 from streams.topology import (
@@ -212,6 +213,14 @@ class LocalRecommender:
             raise ValueError(f"unknown tables {sorted(unknown)}; known: {sorted(rec.parts.tables)}")
         for name, values in tables.items():
             rec.parts.tables[name].update(values)
+        # The internal topic goes on where it was: rows keep the last of its offsets they absorbed.
+        for name in (TABLE_NEIGHBOURS, TABLE_ITEM_STATS):
+            view = Versioned(rec.parts.tables[name])
+            for item in view:
+                last = view.applied(item).get(INTERNAL)
+                if last:
+                    p = partition_of(item, partitions)
+                    rec._offsets[p] = max(rec._offsets[p], last[0] + 1)
         rec.parts.sink.sync()  # the content index, from the embeddings
         return rec
 
