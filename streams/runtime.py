@@ -2,7 +2,7 @@
 
 `build_runtime` is the one place they are wired: the worker's app (`streams.app.create_app`) and the
 tests both call it, with fakes only at the two outer edges (the model server, the producer). Without a
-Faust app it wires the same parts over in-process tables (`streams.recommend.wiring.DictTables`), for
+Faust app it wires the same parts in process (`streams.recommend.wiring.in_process_recommender`), for
 tests that run the pipeline without Kafka.
 
 Start: readiness probes begin (before Faust's first rebalance, so `/readyz` answers at once), then the
@@ -29,8 +29,7 @@ from streams.lifecycle import Lifecycle, Retry, RetryPolicy
 from streams.pipeline import Pipeline, bind_routes
 from streams.protocols import ModelClient, Publisher
 from streams.recommend.config import RecommenderConfig
-from streams.recommend.service import decode_message
-from streams.recommend.wiring import DictTables, RecommenderParts, build_recommender
+from streams.recommend.wiring import RecommenderParts, build_recommender, in_process_recommender
 from streams.rollout import LiveQuality, Rollout, ShadowRunner
 from streams.settings import Settings
 from streams.topics import TopicNames, internal_topic
@@ -181,13 +180,7 @@ def build_runtime(
     else:
         if publisher is None:
             raise ValueError("without a Faust app, a publisher is required")
-        parts: list[RecommenderParts] = []
-
-        async def apply_now(partition: int, value: bytes) -> None:
-            parts[0].applier.apply_message(decode_message(value), partition)
-
-        recommend = build_recommender(config, settings.partitions, DictTables(), apply_now)
-        parts.append(recommend)
+        recommend = in_process_recommender(config, settings.partitions)
     context = StepContext(
         inference=inference,
         recommender=recommend.recommender,

@@ -2,7 +2,7 @@
 
 The same function builds the recommender the worker runs (tables from `streams.faust_ext.FaustTables`,
 item updates sent through the internal topic) and the in-process one the tests and tools use (tables as
-dicts, item updates applied at once: `in_memory_recommender`). No Faust import here.
+dicts, item updates applied at once: `in_process_recommender`). No Faust import here.
 
     users        partitioned  user_id -> UserState.to_json()                 co-partitioned with clickstream
     neighbours   replicated   item -> neighbour row            written by ItemUpdateApplier only
@@ -234,16 +234,14 @@ def build_recommender(
     return RecommenderParts(recommender, applier, sink, stored, views, item_updates_topic, tables)
 
 
-def in_memory_recommender(config: RecommenderConfig | None = None, partitions: int = 1) -> BlendedRecommender:
-    """The recommender over dicts in one process, each click's item updates applied as soon as it is
-    answered (what the worker does through the internal topic). For tests and tools."""
+def in_process_recommender(config: RecommenderConfig, partitions: int) -> RecommenderParts:
+    """The recommender over dicts in one process, each click's item updates applied as soon as they are
+    sent (what the worker does through the internal topic). For tests and tools without Kafka."""
     parts: RecommenderParts | None = None
 
     async def apply_now(partition: int, value: bytes) -> None:
         assert parts is not None
         parts.applier.apply_message(decode_message(value), partition)
 
-    parts = build_recommender(config or RecommenderConfig(), partitions, DictTables(), apply_now)
-    recommender = parts.recommender
-    recommender.popular.ttl_s = 0.0  # tests read the boards right after each click
-    return recommender
+    parts = build_recommender(config, partitions, DictTables(), apply_now)
+    return parts
